@@ -1,0 +1,196 @@
+"""uringloop.Loop: asyncio's BaseEventLoop driven by an io_uring proactor.
+
+BaseEventLoop keeps what it is good at (the ready queue, timers, DNS,
+create_connection/create_server, start_tls, executors, async generators).
+It drives I/O through two hooks, ``self._selector.select(timeout)`` and
+``self._process_events(events)``; here ``_selector`` is the
+:class:`~uringloop._proactor.Proactor`, whose ``select()`` submits, waits
+and dispatches completions itself, so ``_process_events`` is a no-op, as in
+CPython's BaseProactorEventLoop.
+
+Wakeups and signals share one self-pipe, as in CPython's Unix loop: a
+socketpair whose read end always has a read in flight on the ring.  A
+``call_soon_threadsafe()`` from another thread writes a zero byte only when
+the loop may be asleep in the kernel (see ``_write_to_self``); a signal
+handler installed by ``add_signal_handler()`` has Python's C-level handler
+write the signal number (``signal.set_wakeup_fd``), and the completion calls
+the handler's callback.  Ctrl-C without a handler interrupts the wait
+(EINTR) and raises KeyboardInterrupt exactly as under stock asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import sys
+import warnings
+from asyncio import base_events, unix_events
+from typing import Any, Iterable
+
+from . import _ring
+from ._proactor import Proactor
+from ._ring import ffi
+
+__all__ = ["Loop", "LoopStatistics"]
+
+_SELF_PIPE_BUFSIZE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopStatistics:
+    """Counters for one loop (see :meth:`Loop.statistics`)."""
+
+    ops_in_flight: int
+    sqes_submitted: int
+    cqes_reaped: int
+    enters: int
+    sq_full_flushes: int
+    cq_overflow_flushes: int
+    cq_overflows: int
+    buffers_lent: int
+
+
+class Loop(base_events.BaseEventLoop):
+    """An asyncio event loop whose I/O runs on io_uring.
+
+    ``disable`` switches optional kernel features off (their fallback paths
+    are used instead); see ``uringloop._ring.OPTIONAL_FEATURES``.  Raises
+    :class:`uringloop.UringUnavailableError` when io_uring cannot be used.
+    """
+
+    def __init__(self, *, sq_entries: int = _ring.DEFAULT_SQ_ENTRIES,
+                 cq_entries: int = _ring.DEFAULT_CQ_ENTRIES,
+                 disable: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._signal_handlers: dict[int, asyncio.Handle] = {}
+        self._ssock: socket.socket | None = None
+        self._csock: socket.socket | None = None
+        self._self_reading = False
+        try:
+            ring = _ring.Ring(sq_entries, cq_entries, disable)
+        except BaseException:
+            self._closed = True   # nothing to close; keep __del__ quiet
+            raise
+        self._proactor = Proactor(ring)
+        self._selector = self._proactor  # BaseEventLoop._run_once calls select()
+        self._proactor.set_loop(self)
+        self._make_self_pipe()
+
+    @property
+    def features(self) -> _ring.Features:
+        """What the kernel gave this loop's ring (immutable)."""
+        return self._proactor.ring.features
+
+    def __repr__(self) -> str:
+        return (f"<{self.__class__.__name__} running={self.is_running()} "
+                f"closed={self.is_closed()} debug={self.get_debug()}>")
+
+    # -- the BaseEventLoop hooks ------------------------------------------------
+
+    def _process_events(self, event_list: Any) -> None:
+        pass  # completions are dispatched in Proactor.select()
+
+    def run_forever(self) -> None:
+        if not self.is_closed() and not self.is_running():
+            self._proactor.ring.claim_thread()
+        super().run_forever()
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(f"Closing the loop {self!r} on interpreter shutdown "
+                          f"stage, skipping signal handlers removal",
+                          ResourceWarning, source=self)
+            self._signal_handlers.clear()
+        self._close_self_pipe()   # drains and closes the ring too
+        super().close()
+
+    def statistics(self) -> LoopStatistics:
+        """Operations in flight and ring counters, for monitoring and tests."""
+        proactor = self._proactor
+        if proactor.closed:
+            st = {"sqes_submitted": 0, "cqes_reaped": 0, "enters": 0,
+                  "sq_full_flushes": 0, "cq_overflow_flushes": 0, "cq_overflow_kernel": 0}
+        else:
+            st = proactor.ring.stats()
+        return LoopStatistics(
+            ops_in_flight=proactor.ops_in_flight,
+            sqes_submitted=st["sqes_submitted"],
+            cqes_reaped=st["cqes_reaped"],
+            enters=st["enters"],
+            sq_full_flushes=st["sq_full_flushes"],
+            cq_overflow_flushes=st["cq_overflow_flushes"],
+            cq_overflows=st["cq_overflow_kernel"],
+            buffers_lent=0,
+        )
+
+    # -- self-pipe: cross-thread wakeups and signal numbers -------------------------
+
+    def _make_self_pipe(self) -> None:
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._internal_fds += 1
+        self._self_buf = bytearray(_SELF_PIPE_BUFSIZE)
+        self._self_cbuf = ffi.from_buffer(self._self_buf)
+        self._self_reading = True
+        self._arm_self_read()
+
+    def _arm_self_read(self) -> None:
+        assert self._ssock is not None
+        self._proactor.read_into(self._ssock.fileno(), self._self_cbuf,
+                                 _SELF_PIPE_BUFSIZE, self._ssock,
+                                 self._on_self_read, passive=True)
+
+    def _on_self_read(self, res: int, flags: int) -> None:
+        self._proactor._passive -= 1
+        if res > 0:
+            self._process_self_data(bytes(self._self_buf[:res]))
+        if self._self_reading and res != 0:
+            self._arm_self_read()
+
+    def _close_self_pipe(self) -> None:
+        # The read in flight keeps the socket object alive until its final
+        # CQE (Proactor.close cancels and reaps it); only then is it closed.
+        self._self_reading = False
+        ssock, csock = self._ssock, self._csock
+        self._ssock = self._csock = None
+        if csock is not None:
+            csock.close()
+        self._internal_fds -= 1
+        self._proactor.close()
+        if ssock is not None:
+            ssock.close()
+
+    def _write_to_self(self) -> None:
+        # Called by call_soon_threadsafe() from any thread.  A byte is only
+        # needed when the loop may be asleep in io_uring_enter: the loop sets
+        # Proactor.sleeping before it re-checks the ready queue, and the caller
+        # appended its handle before reading the flag, so one of the two
+        # always sees the other (both run under the GIL).
+        if not self._proactor.sleeping:
+            return
+        csock = self._csock
+        if csock is None:
+            return
+        try:
+            csock.send(b"\0")
+        except OSError:
+            if self._debug:
+                base_events.logger.debug("Fail to write a null byte into the "
+                                         "self-pipe socket", exc_info=True)
+
+    # -- signals: CPython's Unix implementation, over our self-pipe ------------------
+
+    add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
+    remove_signal_handler = unix_events._UnixSelectorEventLoop.remove_signal_handler
+    _handle_signal = unix_events._UnixSelectorEventLoop._handle_signal
+    _check_signal = unix_events._UnixSelectorEventLoop._check_signal
+    _process_self_data = unix_events._UnixSelectorEventLoop._process_self_data

@@ -1,0 +1,369 @@
+"""The proactor: the in-flight operation table, and one loop iteration's kernel work.
+
+The rules of ownership
+======================
+
+An operation is something we asked the kernel to do and it has not finished.
+While it is in flight the kernel may read or write memory we named in the SQE
+and use the fd we gave it.  Five rules keep that safe:
+
+1. Every operation is keyed by an increasing integer ``user_data``, never by
+   ``id()``: ids are reused as soon as an object dies.  ``UD_IGNORE`` (0) is
+   reserved for completions nobody waits for (the results of our own cancel
+   requests).
+
+2. The operation object (an :class:`Op`) holds strong references to all the
+   kernel may touch: the socket or file object (so its fd cannot be closed and
+   reused), the buffer (a ``ffi.from_buffer`` export, which also pins a
+   bytearray's size), any sockaddr/iovec structs.  The op table
+   ``Proactor._ops`` holds the op.
+
+3. Only the final completion removes an op from the table: a single-shot CQE,
+   or a multishot CQE without ``IORING_CQE_F_MORE``.  Cancelling the asyncio
+   future only *requests* cancellation (IORING_OP_ASYNC_CANCEL); the op stays
+   until the kernel says it is done.  Cancellation is best effort: the kernel
+   may complete the operation anyway, and :meth:`Op.complete` must then deal
+   with a result nobody waits for (close an accepted fd, keep received bytes).
+
+4. Data handed to a send is immutable while in flight: ``bytes`` as is,
+   anything mutable is copied first.
+
+5. ``close()`` cancels everything in flight and reaps until the table is
+   empty; only then is the ring unmapped.  If the kernel does not finish in
+   time, the ops (and their buffers) are kept alive forever rather than freed
+   under the kernel.
+
+Lifecycle of an op::
+
+    SUBMITTED --(cancel requested)--> CANCELLING --(final CQE)--> DONE
+    SUBMITTED --(final CQE)--> DONE
+    multishot: ARMED --(CQE with F_MORE)*--> ARMED --(CQE without F_MORE)--> DONE
+
+This is the shape of CPython's IocpProactor (Lib/asyncio/windows_events.py):
+its ``_cache`` is our ``_ops``, its ``_unregister`` our cancel request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import math
+import os
+import struct
+import time
+from typing import Any, Callable
+
+from . import _ring
+from ._ring import ffi, lib
+
+logger = logging.getLogger("uringloop")
+
+UD_IGNORE = 0
+_CQE = struct.Struct("=QiI")
+_iter_cqes = _CQE.iter_unpack
+_CQE_SIZE = _CQE.size
+_CQE_F_MORE = _ring.CQE_F_MORE
+
+# Graveyard for ops the kernel never finished when their ring closed: their
+# buffers must outlive any late kernel write.  Only grows in pathological
+# cases (a kernel that ignores cancellation for seconds).
+_abandoned: list[Any] = []
+
+
+def os_error(res: int) -> OSError:
+    """OSError for a negative CQE result, with the subclass errno maps to."""
+    return OSError(-res, os.strerror(-res))
+
+
+class Op:
+    """An operation in flight.
+
+    Ownership: ``keep`` holds every object the kernel may touch until the
+    final completion; subclasses add what their completion needs.
+    """
+
+    __slots__ = ("ud", "keep", "cancelling")
+
+    multishot = False
+
+    def __init__(self, keep: Any = None) -> None:
+        self.ud = 0
+        self.keep = keep
+        self.cancelling = False
+
+    def complete(self, res: int, flags: int) -> None:
+        """Handle one CQE.  Called for every CQE, final or not."""
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """The ring is closing and this op was cancelled: release waiters."""
+
+
+class FutureOp(Op):
+    """A single-shot op whose result resolves an asyncio future.
+
+    ``convert(res)`` turns a non-negative result into the future's value;
+    ``unwanted(res)`` cleans up a successful result that arrives after the
+    future was cancelled (e.g. closes an accepted fd).
+
+    Ownership: as :class:`Op`; the future is resolved at most once.
+    """
+
+    __slots__ = ("fut", "convert", "unwanted")
+
+    def __init__(self, fut: asyncio.Future[Any], keep: Any,
+                 convert: Callable[[int], Any] | None = None,
+                 unwanted: Callable[[int], None] | None = None) -> None:
+        Op.__init__(self, keep)
+        self.fut = fut
+        self.convert = convert
+        self.unwanted = unwanted
+
+    def complete(self, res: int, flags: int) -> None:
+        fut = self.fut
+        if fut.done():
+            if res >= 0 and self.unwanted is not None:
+                self.unwanted(res)
+            return
+        if res < 0:
+            fut.set_exception(os_error(res))
+        elif self.convert is None:
+            fut.set_result(res)
+        else:
+            try:
+                value = self.convert(res)
+            except BaseException as exc:  # convert may raise, e.g. on a bad address
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+    def abandon(self) -> None:
+        if not self.fut.done():
+            self.fut.cancel()
+
+
+class CallbackOp(Op):
+    """An op whose completions go straight to ``callback(res, flags)``.
+
+    Used for internal reads (the self-pipe) and for multishot operations that
+    feed a transport directly, with no future and no call_soon per CQE.
+
+    Ownership: as :class:`Op`.
+    """
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[int, int], None], keep: Any = None,
+                 multishot: bool = False) -> None:
+        Op.__init__(self, keep)
+        self.callback = callback
+        if multishot:
+            self.multishot = True  # type: ignore[misc]
+
+    def complete(self, res: int, flags: int) -> None:
+        self.callback(res, flags)
+
+
+class OpFuture(asyncio.Future[Any]):
+    """A future whose cancel() also asks the kernel to cancel its op."""
+
+    _proactor: "Proactor | None" = None
+    _op_ud = 0
+
+    def cancel(self, msg: Any = None) -> bool:
+        proactor = self._proactor
+        if proactor is not None and not self.done():
+            proactor.cancel(self._op_ud)
+        return super().cancel(msg)
+
+
+class Proactor:
+    """Owns the ring and the op table; does one iteration's kernel work in select()."""
+
+    def __init__(self, ring: _ring.Ring) -> None:
+        self.ring = ring
+        self._ptr = ring.ptr
+        self._cqes = ring.cqes
+        self._ops: dict[int, Op] = {}
+        self._next_ud = 1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._must_enter = ring.features.defer_taskrun
+        # Ops that do not need an enter to make progress while the loop is busy
+        # (the self-pipe read): see select().
+        self._passive = 0
+        self.sleeping = False
+        self.closed = False
+
+    def set_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    # -- submission ---------------------------------------------------------
+
+    def _new_ud(self) -> int:
+        ud = self._next_ud
+        self._next_ud = ud + 1
+        return ud
+
+    def _check_ret(self, ret: int) -> None:
+        if ret == -errno.EBUSY:
+            # SQ full even after a flush (the kernel is backlogged): reap into the
+            # table's futures so the kernel can make room, then the caller retries.
+            raise BlockingIOError(errno.EBUSY, "io_uring submission queue is full")
+        if ret < 0:
+            if ret == -errno.EBADFD:
+                self.ring.check_usable()
+            raise os_error(ret)
+
+    def register(self, op: Op) -> int:
+        """Put op in the table under a fresh user_data; return it."""
+        ud = self._next_ud
+        self._next_ud = ud + 1
+        op.ud = ud
+        self._ops[ud] = op
+        return ud
+
+    def submit_prepared(self, op: Op, ret: int) -> None:
+        """Finish registering op after its prep call returned ret."""
+        if ret < 0:
+            del self._ops[op.ud]
+            self._check_ret(ret)
+
+    def future_op(self, op: FutureOp) -> OpFuture:
+        fut = op.fut
+        assert isinstance(fut, OpFuture)
+        fut._proactor = self
+        fut._op_ud = op.ud
+        return fut
+
+    def new_future(self) -> OpFuture:
+        return OpFuture(loop=self._loop)
+
+    def cancel(self, ud: int) -> None:
+        """Ask the kernel to cancel op ud; the op stays until its final CQE."""
+        op = self._ops.get(ud)
+        if op is None or op.cancelling or self.closed:
+            return
+        op.cancelling = True
+        ret = lib.ul_prep_cancel(self._ptr, ud, -1, 0, UD_IGNORE)
+        if ret < 0:
+            # The SQ is full and the kernel is backlogged: the cancel request will
+            # be retried on close; the op keeps its references meanwhile.
+            op.cancelling = False
+
+    def nop(self) -> OpFuture:
+        fut = self.new_future()
+        op = FutureOp(fut, None)
+        ud = self.register(op)
+        self.submit_prepared(op, lib.ul_prep_nop(self._ptr, ud))
+        return self.future_op(op)
+
+    def read_into(self, fd: int, buf: Any, nbytes: int, keep: Any,
+                  callback: Callable[[int, int], None], passive: bool = False) -> CallbackOp:
+        """Internal: read(2) into buf (an ffi buffer), result to callback."""
+        op = CallbackOp(callback, (keep, buf))
+        ud = self.register(op)
+        self.submit_prepared(op, lib.ul_prep_rw(self._ptr, _ring.OP_READ, fd, buf,
+                                                nbytes, 2**64 - 1, 0, ud))
+        if passive:
+            self._passive += 1
+        return op
+
+    # -- one iteration --------------------------------------------------------
+
+    def select(self, timeout: float | None) -> list[Any]:
+        """Submit everything pending, wait up to timeout, dispatch completions."""
+        if timeout is None:
+            ns = -1
+        elif timeout <= 0:
+            ns = 0
+        else:
+            ns = math.ceil(timeout * 1e9)
+        ops = self._ops
+        must_enter = self._must_enter and len(ops) > self._passive
+        if ns:
+            # Tell call_soon_threadsafe() we may sleep, then look once more: a
+            # callback queued before this store is seen here, one queued after it
+            # writes to the self-pipe (see Loop._write_to_self).
+            self.sleeping = True
+            if self._loop._ready:  # type: ignore[union-attr]
+                ns = 0
+        try:
+            n = lib.ul_run(self._ptr, ns, must_enter)
+        finally:
+            self.sleeping = False
+        if n <= 0:
+            if n < 0:
+                self._check_ret(n)
+            return []
+        data = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
+        for ud, res, flags in _iter_cqes(data):
+            op = ops.get(ud)
+            if op is None:
+                continue  # UD_IGNORE, or a late CQE of an op already final
+            if not (flags & _CQE_F_MORE) or not op.multishot:
+                del ops[ud]
+            op.complete(res, flags)
+        return []
+
+    # -- statistics and teardown ------------------------------------------------
+
+    @property
+    def ops_in_flight(self) -> int:
+        return len(self._ops)
+
+    def close(self, *, timeout: float = 5.0) -> None:
+        """Cancel everything in flight and reap until the table is empty.
+
+        Must run on the loop's thread.  Ops the kernel has not finished after
+        ``timeout`` seconds are kept alive forever (their buffers may still be
+        written) and the ring is closed anyway.
+        """
+        if self.closed:
+            return
+        ring = self.ring
+        if ring.forked or ring.pid != os.getpid():
+            # A forked child: the ring is the parent's; nothing of it is ours.
+            self._ops.clear()
+            self.closed = True
+            ring.close()
+            return
+        for op in list(self._ops.values()):
+            op.abandon()
+        deadline = time.monotonic() + timeout
+        next_msg = time.monotonic() + 1.0
+        while self._ops:
+            for ud, op in list(self._ops.items()):
+                if not op.cancelling:
+                    self.cancel(ud)
+            now = time.monotonic()
+            if now >= deadline:
+                logger.error("uringloop: %d operations did not finish after close(); "
+                             "their buffers are kept alive", len(self._ops))
+                _abandoned.extend(self._ops.values())
+                self._ops.clear()
+                break
+            if now >= next_msg:
+                logger.debug("uringloop: close() waits for %d operations", len(self._ops))
+                next_msg = now + 1.0
+            n = lib.ul_run(self._ptr, 100_000_000, 1)
+            if n < 0 and n not in (-errno.EINTR,):
+                logger.error("uringloop: ring failed while closing: %s", os.strerror(-n))
+                _abandoned.extend(self._ops.values())
+                self._ops.clear()
+                break
+            if n > 0:
+                data = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
+                for ud, res, flags in _iter_cqes(data):
+                    op = self._ops.get(ud)
+                    if op is None:
+                        continue
+                    if not (flags & _CQE_F_MORE) or not op.multishot:
+                        del self._ops[ud]
+                        # Unwanted results still get cleaned up (fds closed, ...).
+                        try:
+                            op.complete(res, flags)
+                        except Exception:  # noqa: BLE001 - closing must finish
+                            logger.exception("uringloop: error completing op on close")
+        self.closed = True
+        ring.close()
