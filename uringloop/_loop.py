@@ -25,12 +25,15 @@ import dataclasses
 import socket
 import sys
 import warnings
+import weakref
 from asyncio import base_events, unix_events
 from typing import Any, Iterable
 
 from . import _ring
+from ._network import NetworkMixin
 from ._proactor import Proactor
 from ._ring import ffi
+from ._sockets import SocketMethodsMixin
 
 __all__ = ["Loop", "LoopStatistics"]
 
@@ -51,7 +54,7 @@ class LoopStatistics:
     buffers_lent: int
 
 
-class Loop(base_events.BaseEventLoop):
+class Loop(SocketMethodsMixin, NetworkMixin, base_events.BaseEventLoop):
     """An asyncio event loop whose I/O runs on io_uring.
 
     ``disable`` switches optional kernel features off (their fallback paths
@@ -64,6 +67,9 @@ class Loop(base_events.BaseEventLoop):
                  disable: Iterable[str] = ()) -> None:
         super().__init__()
         self._signal_handlers: dict[int, asyncio.Handle] = {}
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._watches: dict[int, Any] = {}
+        self._acceptors: dict[socket.socket, Any] = {}
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
         self._self_reading = False
@@ -109,6 +115,8 @@ class Loop(base_events.BaseEventLoop):
                           f"stage, skipping signal handlers removal",
                           ResourceWarning, source=self)
             self._signal_handlers.clear()
+        for acceptor in self._acceptors.values():
+            acceptor.stopped = True   # connections completing now are closed
         self._close_self_pipe()   # drains and closes the ring too
         super().close()
 
@@ -128,7 +136,7 @@ class Loop(base_events.BaseEventLoop):
             sq_full_flushes=st["sq_full_flushes"],
             cq_overflow_flushes=st["cq_overflow_flushes"],
             cq_overflows=st["cq_overflow_kernel"],
-            buffers_lent=0,
+            buffers_lent=proactor.buffers_lent,
         )
 
     # -- self-pipe: cross-thread wakeups and signal numbers -------------------------

@@ -51,6 +51,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import time
 from typing import Any, Callable
 
@@ -60,6 +61,12 @@ from ._ring import ffi, lib
 logger = logging.getLogger("uringloop")
 
 UD_IGNORE = 0
+
+# The provided-buffer group for stream receives: BUF_COUNT buffers of BUF_SIZE
+# bytes (virtual memory; pages are touched only as data arrives).
+BUF_GROUP = 0
+BUF_COUNT = 512
+BUF_SIZE = 32 * 1024
 _CQE = struct.Struct("=QiI")
 _iter_cqes = _CQE.iter_unpack
 _CQE_SIZE = _CQE.size
@@ -83,14 +90,13 @@ class Op:
     final completion; subclasses add what their completion needs.
     """
 
-    __slots__ = ("ud", "keep", "cancelling")
+    __slots__ = ("ud", "keep", "cancelling", "multishot")
 
-    multishot = False
-
-    def __init__(self, keep: Any = None) -> None:
+    def __init__(self, keep: Any = None, multishot: bool = False) -> None:
         self.ud = 0
         self.keep = keep
         self.cancelling = False
+        self.multishot = multishot
 
     def complete(self, res: int, flags: int) -> None:
         """Handle one CQE.  Called for every CQE, final or not."""
@@ -98,6 +104,9 @@ class Op:
 
     def abandon(self) -> None:
         """The ring is closing and this op was cancelled: release waiters."""
+
+    def discard(self, res: int, flags: int) -> None:
+        """A CQE reaped while the ring closes: clean up, call nobody back."""
 
 
 class FutureOp(Op):
@@ -142,6 +151,9 @@ class FutureOp(Op):
         if not self.fut.done():
             self.fut.cancel()
 
+    def discard(self, res: int, flags: int) -> None:
+        self.complete(res, flags)   # the future is done: only `unwanted` runs
+
 
 class CallbackOp(Op):
     """An op whose completions go straight to ``callback(res, flags)``.
@@ -152,17 +164,21 @@ class CallbackOp(Op):
     Ownership: as :class:`Op`.
     """
 
-    __slots__ = ("callback",)
+    __slots__ = ("callback", "on_discard")
 
     def __init__(self, callback: Callable[[int, int], None], keep: Any = None,
-                 multishot: bool = False) -> None:
-        Op.__init__(self, keep)
+                 multishot: bool = False,
+                 on_discard: Callable[[int, int], None] | None = None) -> None:
+        Op.__init__(self, keep, multishot)
         self.callback = callback
-        if multishot:
-            self.multishot = True  # type: ignore[misc]
+        self.on_discard = on_discard
 
     def complete(self, res: int, flags: int) -> None:
         self.callback(res, flags)
+
+    def discard(self, res: int, flags: int) -> None:
+        if self.on_discard is not None:
+            self.on_discard(res, flags)
 
 
 class OpFuture(asyncio.Future[Any]):
@@ -194,6 +210,32 @@ class Proactor:
         self._passive = 0
         self.sleeping = False
         self.closed = False
+        # The provided-buffer ring shared by every multishot receive of this loop,
+        # created on first use.  ``recycle`` collects buffer ids handed back by
+        # completions; they return to the kernel in one call per iteration.
+        self.bufring: Any = None
+        self.buf_ptrs: list[Any] = []
+        self.recycle: list[int] = []
+
+    def ensure_bufring(self) -> bool:
+        """Create the buffer ring if the kernel supports multishot receive."""
+        if self.bufring is None:
+            if not self.ring.features.recv_multishot or self.closed:
+                return False
+            self.bufring = self.ring.create_bufring(BUF_GROUP, BUF_COUNT, BUF_SIZE)
+            base = lib.ul_bufring_base(self.bufring)
+            self.buf_ptrs = [base + i * BUF_SIZE for i in range(BUF_COUNT)]
+        return True
+
+    def _return_buffers(self) -> None:
+        recycle = self.recycle
+        lib.ul_bufring_recycle_many(self.bufring, recycle, len(recycle))
+        recycle.clear()
+
+    @property
+    def buffers_lent(self) -> int:
+        """Buffers the kernel filled that have not been handed back yet."""
+        return len(self.recycle)
 
     def set_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -258,6 +300,32 @@ class Proactor:
         self.submit_prepared(op, lib.ul_prep_nop(self._ptr, ud))
         return self.future_op(op)
 
+    def poll(self, fd: int, mask: int) -> OpFuture:
+        """Wait until fd is ready for mask (POLLIN/POLLOUT); result: revents."""
+        fut = self.new_future()
+        op = FutureOp(fut, None)
+        ud = self.register(op)
+        self.submit_prepared(op, lib.ul_prep_poll(self._ptr, fd, mask, 0, ud))
+        return self.future_op(op)
+
+    def poll_callback(self, fd: int, mask: int,
+                      callback: Callable[[int, int], None]) -> CallbackOp:
+        """Single-shot poll whose CQE goes to callback(res, flags)."""
+        op = CallbackOp(callback)
+        ud = self.register(op)
+        self.submit_prepared(op, lib.ul_prep_poll(self._ptr, fd, mask, 0, ud))
+        return op
+
+    def flush(self) -> None:
+        """Submit prepared SQEs now.
+
+        Called before closing an fd that a prepared-but-unsubmitted SQE names:
+        once submitted, the kernel holds its own reference to the file, so the
+        fd number can be closed (and reused) safely.
+        """
+        if not self.closed:
+            lib.ul_submit(self._ptr)
+
     def read_into(self, fd: int, buf: Any, nbytes: int, keep: Any,
                   callback: Callable[[int, int], None], passive: bool = False) -> CallbackOp:
         """Internal: read(2) into buf (an ffi buffer), result to callback."""
@@ -280,6 +348,8 @@ class Proactor:
         else:
             ns = math.ceil(timeout * 1e9)
         ops = self._ops
+        if self.recycle:
+            self._return_buffers()
         must_enter = self._must_enter and len(ops) > self._passive
         if ns:
             # Tell call_soon_threadsafe() we may sleep, then look once more: a
@@ -330,6 +400,24 @@ class Proactor:
             return
         for op in list(self._ops.values()):
             op.abandon()
+        owner = ring.owner_thread
+        if owner is None:
+            # Never run: the ring was never enabled, nothing reached the kernel.
+            self._ops.clear()
+            self.closed = True
+            ring.close()
+            return
+        if owner != threading.get_ident() and ring.features.defer_taskrun:
+            # Only the owner thread may enter a SINGLE_ISSUER ring.  Closing the
+            # ring fd makes the kernel cancel everything; the ops (and buffers)
+            # they point at are kept alive for good, in case it writes late.
+            logger.debug("uringloop: closing from a foreign thread; %d ops abandoned",
+                         len(self._ops))
+            _abandoned.extend(self._ops.values())
+            self._ops.clear()
+            self.closed = True
+            ring.close()
+            return
         deadline = time.monotonic() + timeout
         next_msg = time.monotonic() + 1.0
         while self._ops:
@@ -360,10 +448,10 @@ class Proactor:
                         continue
                     if not (flags & _CQE_F_MORE) or not op.multishot:
                         del self._ops[ud]
-                        # Unwanted results still get cleaned up (fds closed, ...).
-                        try:
-                            op.complete(res, flags)
-                        except Exception:  # noqa: BLE001 - closing must finish
-                            logger.exception("uringloop: error completing op on close")
+                    # Unwanted results still get cleaned up (fds closed, ...).
+                    try:
+                        op.discard(res, flags)
+                    except Exception:  # noqa: BLE001 - closing must finish
+                        logger.exception("uringloop: error discarding op on close")
         self.closed = True
         ring.close()

@@ -1,0 +1,471 @@
+"""Ring-native stream transport for TCP and Unix sockets.
+
+Reading: one multishot receive (IORING_OP_RECV with IORING_RECV_MULTISHOT and
+a provided-buffer group) stays armed per connection.  Each completion carries
+a buffer id; its bytes go straight to ``protocol.data_received`` (or are
+copied into a BufferedProtocol's buffer) and the buffer goes back to the
+kernel at the next iteration.  No Future, no call_soon per chunk.  A
+completion without IORING_CQE_F_MORE (ENOBUFS, cancellation, EOF, error)
+ends the multishot; if reading is still wanted it is re-armed.  Without
+multishot support, a single-shot receive into a per-transport buffer is
+re-armed after each completion.
+
+Pausing cancels the receive.  Bytes that complete before the cancel lands
+are kept, in order, and delivered after resume_reading(), before anything
+newer: nothing is lost or reordered.
+
+Writing: at most one send in flight.  ``write()`` starts a send when idle
+(submitted with the loop's next io_uring_enter, not by a syscall of its
+own); what is written while a send is in flight is appended to one
+bytearray and sent as a whole when the send completes.  The kernel reads
+only memory the op owns: ``bytes`` as given, anything mutable copied first,
+and the coalescing bytearray is swapped out (never mutated) once handed over.
+
+Observable states of the write side (after CPython's proactor transport):
+1. IDLE: no send in flight, buffer empty
+2. SENDING: a send in flight, buffer empty
+3. BACKED UP: a send in flight, buffer not empty
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+from asyncio import base_events, constants, futures, protocols, transports, trsock
+from typing import Any
+
+from . import _ring
+from ._proactor import BUF_GROUP, CallbackOp, Proactor, os_error
+from ._ring import ffi, lib
+
+logger = logging.getLogger("asyncio")
+
+_F_BUFFER = _ring.CQE_F_BUFFER
+_F_MORE = _ring.CQE_F_MORE
+_OP_SEND = _ring.OP_SEND
+_OP_RECV = _ring.OP_RECV
+_MSG_NOSIGNAL = socket.MSG_NOSIGNAL
+_ECANCELED = -errno.ECANCELED
+_ENOBUFS = -errno.ENOBUFS
+_FALLBACK_RECV_SIZE = 256 * 1024
+
+
+class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
+    """Transport over a connected stream socket, driven by ring completions.
+
+    Ownership: the transport owns its socket.  The socket is closed only
+    after connection_lost, and only after the SQ has been flushed, so no
+    unsubmitted SQE can name a reused fd; ops already submitted hold the
+    kernel's own reference to the file.  The recv op holds the socket (and,
+    in fallback mode, the receive buffer); the send op holds the socket and
+    the data being sent.
+    """
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    _sock: socket.socket | None = None   # read by __del__ even if __init__ failed
+
+    def __init__(self, loop: Any, sock: socket.socket, protocol: Any, waiter: Any = None,
+                 extra: dict[str, Any] | None = None, server: Any = None) -> None:
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._proactor: Proactor = loop._proactor
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._conn_lost = 0
+        self._closing = False
+        self._paused = False
+        self._eof = False            # write_eof() called
+        self._read_eof = False       # EOF received
+        self._empty_waiter: Any = None
+        # read side
+        self._recv_op: CallbackOp | None = None
+        self._stash: collections.deque[bytes] = collections.deque()
+        self._stash_eof = False
+        self._drain_scheduled = False
+        self._multishot = self._proactor.ensure_bufring()
+        self._rbuf: bytearray | None = None
+        self._rbuf_c: Any = None
+        # write side
+        self._send_op: CallbackOp | None = None
+        self._send_data: Any = None
+        self._send_off = 0
+        self._buffer = bytearray()
+        if server is not None:
+            server._attach(self) if _ATTACH_TAKES_TRANSPORT else server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(self._start_reading)   # only after connection_made()
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            info.append("read=polling" if self._recv_op is not None else "read=idle")
+            state = "polling" if self._send_op is not None else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self) -> None:
+        if self._sock is not None:
+            import warnings
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            server = self._server
+            if server is not None:
+                server._detach(self) if _ATTACH_TAKES_TRANSPORT else server._detach()
+
+    # -- protocol -------------------------------------------------------------
+
+    def set_protocol(self, protocol: Any) -> None:
+        if isinstance(protocol, protocols.BufferedProtocol):
+            self._deliver = self._deliver_buffered
+        else:
+            self._deliver = self._deliver_data
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    # -- reading ------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def _want_read(self) -> bool:
+        return (not self._closing and not self._paused and not self._read_eof
+                and not self._conn_lost)
+
+    def _start_reading(self) -> None:
+        if self._want_read() and self._recv_op is None and not self._stash:
+            self._arm_recv()
+
+    def _arm_recv(self) -> None:
+        proactor = self._proactor
+        if self._multishot:
+            op = CallbackOp(self._on_recv, self._sock, multishot=True)
+            ud = proactor.register(op)
+            ret = lib.ul_prep_recv_multishot(proactor._ptr, self._sock_fd, BUF_GROUP, 0, ud)
+        else:
+            if self._rbuf is None:
+                self._rbuf = bytearray(_FALLBACK_RECV_SIZE)
+                self._rbuf_c = ffi.from_buffer(self._rbuf)
+            op = CallbackOp(self._on_recv, (self._sock, self._rbuf_c))
+            ud = proactor.register(op)
+            ret = lib.ul_prep_rw(proactor._ptr, _OP_RECV, self._sock_fd, self._rbuf_c,
+                                 _FALLBACK_RECV_SIZE, 0, 0, ud)
+        proactor.submit_prepared(op, ret)
+        self._recv_op = op
+
+    def _stop_reading(self) -> None:
+        op = self._recv_op
+        if op is not None:
+            self._proactor.cancel(op.ud)
+
+    def _on_recv(self, res: int, flags: int) -> None:
+        if flags & _F_BUFFER:
+            bid = flags >> 16
+            data = ffi.unpack(self._proactor.buf_ptrs[bid], res)
+            self._proactor.recycle.append(bid)
+        elif res > 0:
+            data = ffi.unpack(self._rbuf_c, res)
+        if not flags & _F_MORE:
+            self._recv_op = None
+        if res > 0:
+            if self._conn_lost:
+                pass                      # aborted: nobody wants these bytes
+            elif self._paused or self._stash:
+                self._stash.append(data)  # keep order: older bytes first
+            else:
+                self._deliver(data)
+        elif res == 0:
+            if self._conn_lost:
+                return
+            if self._paused or self._stash:
+                self._stash_eof = True
+            else:
+                self._on_eof()
+            return
+        elif res != _ECANCELED and res != _ENOBUFS:
+            if not self._conn_lost:
+                self._fatal_error(os_error(res), "Fatal read error on socket transport")
+            return
+        if self._recv_op is None and self._want_read() and not self._stash:
+            self._arm_recv()
+
+    def _deliver_data(self, data: bytes) -> None:
+        try:
+            self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _deliver_buffered(self, data: bytes) -> None:
+        try:
+            protocols._feed_data_to_buffered_proto(self._protocol, data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+
+    def _on_eof(self) -> None:
+        self._read_eof = True
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def pause_reading(self) -> None:
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._stash or self._stash_eof:
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                self._loop.call_soon(self._drain_stash)
+        else:
+            self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _drain_stash(self) -> None:
+        """Deliver bytes that arrived while paused, oldest first, then resume."""
+        self._drain_scheduled = False
+        stash = self._stash
+        while stash and not self._paused and not self._conn_lost:
+            self._deliver(stash.popleft())
+        if stash or self._paused or self._conn_lost:
+            return
+        if self._stash_eof:
+            self._stash_eof = False
+            self._on_eof()
+            return
+        self._start_reading()
+
+    # -- writing --------------------------------------------------------------------
+
+    def write(self, data: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if self._send_op is None:
+            # The kernel reads this memory until the send completes: own an
+            # immutable copy unless it already is one.
+            self._start_send(data if type(data) is bytes else bytes(data), 0)
+        else:
+            self._buffer += data
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        if self._eof:
+            raise RuntimeError("Cannot call writelines() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to writelines; sendfile is in progress")
+        data = b"".join(list_of_data)
+        if data:
+            self.write(data)
+
+    def _start_send(self, data: Any, offset: int) -> None:
+        proactor = self._proactor
+        cdata = ffi.from_buffer(data)
+        op = CallbackOp(self._on_send, (self._sock, data, cdata))
+        ud = proactor.register(op)
+        ret = lib.ul_prep_rw(proactor._ptr, _OP_SEND, self._sock_fd, cdata + offset,
+                             len(data) - offset, 0, _MSG_NOSIGNAL, ud)
+        proactor.submit_prepared(op, ret)
+        self._send_op = op
+        self._send_data = data
+        self._send_off = offset
+
+    def _on_send(self, res: int, flags: int) -> None:
+        self._send_op = None
+        if self._conn_lost:
+            self._send_data = None
+            return   # aborted: whatever happened to the bytes no longer matters
+        if res < 0:
+            self._send_data = None
+            self._buffer.clear()
+            exc = os_error(res)
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            if self._empty_waiter is not None and not self._empty_waiter.done():
+                self._empty_waiter.set_exception(exc)
+            return
+        offset = self._send_off + res
+        if offset < len(self._send_data):
+            self._start_send(self._send_data, offset)
+            return
+        self._send_data = None
+        if self._buffer:
+            data, self._buffer = self._buffer, bytearray()
+            self._start_send(data, 0)   # ``data`` is never mutated again
+        self._maybe_resume_protocol()   # may write() more
+        if self._send_op is None and not self._buffer:
+            if self._empty_waiter is not None and not self._empty_waiter.done():
+                self._empty_waiter.set_result(None)
+            if self._closing:
+                self._call_connection_lost(None)
+            elif self._eof:
+                self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal error on shutdown of socket transport")
+
+    def get_write_buffer_size(self) -> int:
+        size = len(self._buffer)
+        if self._send_data is not None:
+            size += len(self._send_data) - self._send_off
+        return size
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self._send_op is None and not self._buffer:
+            self._sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    # -- closing --------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if self._send_op is None and not self._buffer:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        if self._send_op is not None:
+            self._proactor.cancel(self._send_op.ud)
+        self._buffer.clear()
+        self._stash.clear()
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._close_socket()
+            self._protocol = None
+            self._loop = None  # type: ignore[assignment]
+            server = self._server
+            if server is not None:
+                server._detach(self) if _ATTACH_TAKES_TRANSPORT else server._detach()
+                self._server = None
+        if self._empty_waiter is not None and not self._empty_waiter.done():
+            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    def _close_socket(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        if self._recv_op is not None or self._send_op is not None:
+            # Those ops were submitted or are about to be: make sure they are,
+            # so the kernel holds the file, before the fd number is released.
+            self._proactor.flush()
+        sock.close()
+
+    # -- sendfile support (BaseEventLoop.sendfile) ---------------------------------------
+
+    def _make_empty_waiter(self) -> Any:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if self._send_op is None and not self._buffer:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+
+
+def _server_attach_takes_transport() -> bool:
+    import inspect
+    from asyncio import base_events as be
+    return len(inspect.signature(be.Server._attach).parameters) > 1
+
+
+# Server._attach/_detach gained a transport argument in 3.13 (close_clients()).
+_ATTACH_TAKES_TRANSPORT = _server_attach_takes_transport()
