@@ -34,6 +34,7 @@ from ._network import NetworkMixin
 from ._proactor import Proactor
 from ._ring import ffi
 from ._sockets import SocketMethodsMixin
+from ._unix import UnixMixin
 
 __all__ = ["Loop", "LoopStatistics"]
 
@@ -54,7 +55,7 @@ class LoopStatistics:
     buffers_lent: int
 
 
-class Loop(SocketMethodsMixin, NetworkMixin, base_events.BaseEventLoop):
+class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoop):
     """An asyncio event loop whose I/O runs on io_uring.
 
     ``disable`` switches optional kernel features off (their fallback paths
@@ -70,6 +71,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, base_events.BaseEventLoop):
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._watches: dict[int, Any] = {}
         self._acceptors: dict[socket.socket, Any] = {}
+        self._unix_server_sockets: dict[socket.socket, int] = {}
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
         self._self_reading = False
@@ -78,7 +80,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, base_events.BaseEventLoop):
         except BaseException:
             self._closed = True   # nothing to close; keep __del__ quiet
             raise
-        self._proactor = Proactor(ring)
+        self._proactor = Proactor(ring, self._watches)
         self._selector = self._proactor  # BaseEventLoop._run_once calls select()
         self._proactor.set_loop(self)
         self._make_self_pipe()
@@ -96,6 +98,16 @@ class Loop(SocketMethodsMixin, NetworkMixin, base_events.BaseEventLoop):
 
     def _process_events(self, event_list: Any) -> None:
         pass  # completions are dispatched in Proactor.select()
+
+    def _check_closed(self) -> None:
+        # BaseEventLoop calls this first in call_soon, call_at, create_task,
+        # run_until_complete, run_forever, ...: after fork() the ring is the
+        # parent's, so the child gets an error naming fork, not a loop that
+        # half works.  Only a flag is read here (no getpid() on the hot path).
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._proactor.ring.forked:
+            self._proactor.ring.check_usable()
 
     def run_forever(self) -> None:
         if not self.is_closed() and not self.is_running():

@@ -93,6 +93,7 @@ class NetworkMixin:
 
     _proactor: Proactor
     _acceptors: dict[socket.socket, _Acceptor]
+    _unix_server_sockets: dict[socket.socket, int]
 
     def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None,
                                *, extra: Any = None, server: Any = None) -> Any:
@@ -127,11 +128,16 @@ class NetworkMixin:
         acceptor.arm()
 
     def _stop_serving(self, sock: socket.socket) -> None:
+        unix_path = None
+        if sock in self._unix_server_sockets:   # create_unix_server(cleanup_socket=True)
+            unix_path = sock.getsockname()
         acceptor = self._acceptors.pop(sock, None)
         if acceptor is not None:
             acceptor.stop()
             self._proactor.flush()   # the kernel holds the file before the fd goes
         sock.close()
+        if unix_path is not None:
+            self._cleanup_unix_server_socket(sock, unix_path)  # type: ignore[attr-defined]
 
     def _accept_connection_fd(self, listener: socket.socket, fd: int, protocol_factory: Any,
                               sslcontext: Any, server: Any, backlog: int,

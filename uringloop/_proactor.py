@@ -50,6 +50,7 @@ import errno
 import logging
 import math
 import os
+import selectors
 import struct
 import threading
 import time
@@ -197,8 +198,9 @@ class OpFuture(asyncio.Future[Any]):
 class Proactor:
     """Owns the ring and the op table; does one iteration's kernel work in select()."""
 
-    def __init__(self, ring: _ring.Ring) -> None:
+    def __init__(self, ring: _ring.Ring, watches: dict[int, Any] | None = None) -> None:
         self.ring = ring
+        self._watches = watches if watches is not None else {}
         self._ptr = ring.ptr
         self._cqes = ring.cqes
         self._ops: dict[int, Op] = {}
@@ -375,6 +377,18 @@ class Proactor:
                 del ops[ud]
             op.complete(res, flags)
         return []
+
+    def get_key(self, fd: int) -> Any:
+        """selectors-style lookup of the fd's add_reader/add_writer registration.
+
+        CPython's selector and pipe transports call this (through
+        ``selector_events._test_selector_event``) in their ``__repr__``.
+        """
+        watch = self._watches.get(fd)
+        if watch is None:
+            raise KeyError(fd)
+        events = (1 if watch.reader is not None else 0) | (2 if watch.writer is not None else 0)
+        return selectors.SelectorKey(fd, fd, events, (watch.reader, watch.writer))
 
     # -- statistics and teardown ------------------------------------------------
 
