@@ -215,6 +215,7 @@ class Proactor:
         # The provided-buffer ring shared by every multishot receive of this loop,
         # created on first use.  ``recycle`` collects buffer ids handed back by
         # completions; they return to the kernel in one call per iteration.
+        self._undispatched: list[bytes] = []
         self.bufring: Any = None
         self.buf_ptrs: list[Any] = []
         self.recycle: list[int] = []
@@ -368,15 +369,44 @@ class Proactor:
             if n < 0:
                 self._check_ret(n)
             return []
-        data = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
+        # Completions run as one ready-queue callback, after the callbacks that
+        # were already ready and before expired timers: the order in which
+        # CPython's selector loop runs I/O callbacks (a protocol never sees
+        # data before, say, the task awaiting its connection has resumed).
+        self._schedule_dispatch(ffi.buffer(self._cqes, n * _CQE_SIZE)[:])
+        return []
+
+    def _schedule_dispatch(self, data: bytes) -> None:
+        # ``_undispatched`` lets close() account for reaped-but-unrun CQEs.
+        self._undispatched.append(data)
+        self._loop._ready.append(asyncio.Handle(  # type: ignore[union-attr]
+            self._dispatch, (data,), self._loop, None))
+
+    def _dispatch(self, data: bytes) -> None:
+        self._undispatched.remove(data)
+        ops = self._ops
+        done = 0
         for ud, res, flags in _iter_cqes(data):
+            done += 1
             op = ops.get(ud)
             if op is None:
                 continue  # UD_IGNORE, or a late CQE of an op already final
             if not (flags & _CQE_F_MORE) or not op.multishot:
                 del ops[ud]
-            op.complete(res, flags)
-        return []
+            try:
+                op.complete(res, flags)
+            except (SystemExit, KeyboardInterrupt):
+                rest = data[done * _CQE_SIZE:]
+                if rest:   # not lost: dispatched on the next iteration
+                    self._schedule_dispatch(rest)
+                raise
+            except BaseException as exc:
+                # Ops handle their own errors; this is a bug, but the rest of the
+                # batch must still be dispatched.
+                self._loop.call_exception_handler({  # type: ignore[union-attr]
+                    "message": "uringloop: unhandled error in a completion handler",
+                    "exception": exc,
+                })
 
     def get_key(self, fd: int) -> Any:
         """selectors-style lookup of the fd's add_reader/add_writer registration.
@@ -414,6 +444,9 @@ class Proactor:
             return
         for op in list(self._ops.values()):
             op.abandon()
+        for data in self._undispatched:
+            self._discard_cqes(data)
+        self._undispatched.clear()
         owner = ring.owner_thread
         if owner is None:
             # Never run: the ring was never enabled, nothing reached the kernel.
@@ -455,17 +488,19 @@ class Proactor:
                 self._ops.clear()
                 break
             if n > 0:
-                data = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
-                for ud, res, flags in _iter_cqes(data):
-                    op = self._ops.get(ud)
-                    if op is None:
-                        continue
-                    if not (flags & _CQE_F_MORE) or not op.multishot:
-                        del self._ops[ud]
-                    # Unwanted results still get cleaned up (fds closed, ...).
-                    try:
-                        op.discard(res, flags)
-                    except Exception:  # noqa: BLE001 - closing must finish
-                        logger.exception("uringloop: error discarding op on close")
+                self._discard_cqes(ffi.buffer(self._cqes, n * _CQE_SIZE)[:])
         self.closed = True
         ring.close()
+
+    def _discard_cqes(self, data: bytes) -> None:
+        """Closing: retire the ops these CQEs finish; clean up, call nobody back."""
+        for ud, res, flags in _iter_cqes(data):
+            op = self._ops.get(ud)
+            if op is None:
+                continue
+            if not (flags & _CQE_F_MORE) or not op.multishot:
+                del self._ops[ud]
+            try:
+                op.discard(res, flags)   # e.g. close an fd accepted too late
+            except Exception:  # noqa: BLE001 - closing must finish
+                logger.exception("uringloop: error discarding op on close")

@@ -301,9 +301,24 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             self._conn_lost += 1
             return
         if self._send_op is None:
-            # The kernel reads this memory until the send completes: own an
-            # immutable copy unless it already is one.
-            self._start_send(data if type(data) is bytes else bytes(data), 0)
+            # Idle: try the send now, as CPython's selector transport does.  A
+            # complete send needs no op and no completion at all (measured: the
+            # cheapest path for request/response traffic), and the write buffer
+            # size, hence flow control, means what it means under stock asyncio.
+            try:
+                n = self._sock.send(data)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            if n == len(data):
+                return
+            # The rest goes to the ring.  The kernel reads this memory until the
+            # send completes: own an immutable copy unless it already is one.
+            self._start_send(data if type(data) is bytes else bytes(data), n)
         else:
             self._buffer += data
         self._maybe_pause_protocol()
