@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 import socket
 import sys
 import warnings
@@ -130,6 +132,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
         for acceptor in self._acceptors.values():
             acceptor.stopped = True   # connections completing now are closed
         self._close_self_pipe()   # drains and closes the ring too
+        self._selector = None     # as CPython's loops: transports' repr reads it
         super().close()
 
     def statistics(self) -> LoopStatistics:
@@ -214,3 +217,17 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     _handle_signal = unix_events._UnixSelectorEventLoop._handle_signal
     _check_signal = unix_events._UnixSelectorEventLoop._check_signal
     _process_self_data = unix_events._UnixSelectorEventLoop._process_self_data
+
+
+if sys.version_info < (3, 12):
+    def _reset_wakeup_fd_in_child() -> None:
+        # The wakeup fd (our self-pipe) is inherited by a forked child: a signal
+        # the child receives would be written into the parent's self-pipe and the
+        # parent's loop would run its handler.  CPython 3.12+ resets it in every
+        # forked child (asyncio.events.on_fork); do the same on 3.11.
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:  # pragma: no cover - not the main thread
+            pass
+
+    os.register_at_fork(after_in_child=_reset_wakeup_fd_in_child)

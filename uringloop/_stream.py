@@ -204,12 +204,10 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             else:
                 self._deliver(data)
         elif res == 0:
-            if self._conn_lost:
-                return
-            if self._paused or self._stash:
-                self._stash_eof = True
-            else:
-                self._on_eof()
+            # EOF reaches the protocol one iteration later, as with stock asyncio,
+            # where a read that returns b"" is always a callback of its own.
+            self._read_eof = True
+            self._loop.call_soon(self._eof_ready)
             return
         elif res != _ECANCELED and res != _ENOBUFS:
             if not self._conn_lost:
@@ -234,8 +232,15 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
 
+    def _eof_ready(self) -> None:
+        if self._conn_lost:
+            return
+        if self._paused or self._stash:
+            self._stash_eof = True
+        else:
+            self._on_eof()
+
     def _on_eof(self) -> None:
-        self._read_eof = True
         if self._loop.get_debug():
             logger.debug("%r received EOF", self)
         try:
