@@ -1,0 +1,127 @@
+"""Every private asyncio attribute uringloop relies on, pinned.
+
+docs/design.md lists them; if a new CPython renames or reshapes one, this
+test fails loudly here instead of uringloop failing obscurely at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from asyncio import (base_events, constants, futures, protocols, selector_events, sslproto,
+                     transports, trsock, unix_events)
+
+import pytest
+
+import uringloop
+
+UNIX_LOOP = unix_events._UnixSelectorEventLoop
+
+# (owner, attribute name, parameters it must accept, in order, after self)
+BORROWED_METHODS = [
+    (UNIX_LOOP, "add_signal_handler", ["sig", "callback", "args"]),
+    (UNIX_LOOP, "remove_signal_handler", ["sig"]),
+    (UNIX_LOOP, "_handle_signal", ["sig"]),
+    (UNIX_LOOP, "_check_signal", ["sig"]),
+    (UNIX_LOOP, "_process_self_data", ["data"]),
+    (UNIX_LOOP, "create_unix_connection", ["protocol_factory", "path"]),
+    (UNIX_LOOP, "create_unix_server", ["protocol_factory", "path"]),
+    (UNIX_LOOP, "_sock_sendfile_native", ["sock", "file", "offset", "count"]),
+    (UNIX_LOOP, "_sock_sendfile_native_impl",
+     ["fut", "registered_fd", "sock", "fileno", "offset", "count", "blocksize",
+      "total_sent"]),
+    (UNIX_LOOP, "_sock_sendfile_update_filepos", ["fileno", "offset", "total_sent"]),
+    (UNIX_LOOP, "_sock_add_cancellation_callback", ["fut", "sock"]),
+    (selector_events.BaseSelectorEventLoop, "_accept_connection2",
+     ["protocol_factory", "conn", "extra", "sslcontext", "server",
+      "ssl_handshake_timeout", "ssl_shutdown_timeout"]),
+    (selector_events.BaseSelectorEventLoop, "_sendfile_native",
+     ["transp", "file", "offset", "count"]),
+]
+
+# BaseEventLoop hooks we implement or call, with the parameters BaseEventLoop passes.
+HOOKS = [
+    ("_process_events", ["event_list"]),
+    ("_make_socket_transport", ["sock", "protocol", "waiter"]),
+    ("_make_ssl_transport", ["rawsock", "protocol", "sslcontext", "waiter"]),
+    ("_make_datagram_transport", ["sock", "protocol", "address", "waiter", "extra"]),
+    ("_make_read_pipe_transport", ["pipe", "protocol", "waiter", "extra"]),
+    ("_make_write_pipe_transport", ["pipe", "protocol", "waiter", "extra"]),
+    ("_make_subprocess_transport",
+     ["protocol", "args", "shell", "stdin", "stdout", "stderr", "bufsize", "extra"]),
+    ("_write_to_self", []),
+    ("_check_closed", []),
+    ("_add_callback_signalsafe", ["handle"]),
+    ("_ensure_resolved", ["address"]),
+    ("_run_once", []),
+]
+
+ATTRIBUTES = [
+    (base_events, "_check_ssl_socket"),
+    (base_events, "_set_nodelay"),
+    (base_events, "_HAS_IPv6"),
+    (base_events.Server, "_attach"),
+    (base_events.Server, "_detach"),
+    (transports, "_FlowControlMixin"),
+    (protocols, "_feed_data_to_buffered_proto"),
+    (futures, "_set_result_unless_cancelled"),
+    (sslproto.SSLProtocol, "__init__"),
+    (constants, "SSL_HANDSHAKE_TIMEOUT"),
+    (constants, "SSL_SHUTDOWN_TIMEOUT"),
+    (constants, "ACCEPT_RETRY_DELAY"),
+    (constants, "LOG_THRESHOLD_FOR_CONNLOST_WRITES"),
+    (constants, "_SendfileMode"),
+    (trsock, "TransportSocket"),
+    (selector_events, "_SelectorDatagramTransport"),
+    (selector_events, "_test_selector_event"),
+    (unix_events, "_UnixReadPipeTransport"),
+    (unix_events, "_UnixWritePipeTransport"),
+    (unix_events, "_UnixSubprocessTransport"),
+    (unix_events, "_UnixDefaultEventLoopPolicy"),
+]
+
+
+def _params(func: object) -> list[str]:
+    sig = inspect.signature(func)  # type: ignore[arg-type]
+    return [p for p in sig.parameters if p != "self"]
+
+
+@pytest.mark.parametrize("owner,name,expected", BORROWED_METHODS,
+                         ids=[f"{o.__name__}.{n}" for o, n, _ in BORROWED_METHODS])
+def test_borrowed_method_shape(owner: type, name: str, expected: list[str]) -> None:
+    func = owner.__dict__[name]
+    assert _params(func)[:len(expected)] == expected
+    # The borrowed function must not use zero-argument super(): it would bind to
+    # a class uringloop.Loop does not derive from.
+    assert "__class__" not in func.__code__.co_freevars
+    assert getattr(uringloop.Loop, name) is func
+
+
+@pytest.mark.parametrize("name,expected", HOOKS, ids=[n for n, _ in HOOKS])
+def test_base_event_loop_hook(name: str, expected: list[str]) -> None:
+    base = getattr(base_events.BaseEventLoop, name)
+    assert _params(base)[:len(expected)] == expected
+    ours = getattr(uringloop.Loop, name)
+    assert _params(ours)[:len(expected)] == expected
+
+
+@pytest.mark.parametrize("owner,name", ATTRIBUTES,
+                         ids=[f"{getattr(o, '__name__', o)}.{n}" for o, n in ATTRIBUTES])
+def test_private_attribute_exists(owner: object, name: str) -> None:
+    assert hasattr(owner, name)
+
+
+def test_run_once_drives_select_then_process_events() -> None:
+    # Loop relies on BaseEventLoop._run_once calling self._selector.select(timeout)
+    # and then self._process_events(event_list).
+    src = inspect.getsource(base_events.BaseEventLoop._run_once)
+    assert "self._selector.select(timeout)" in src
+    assert "self._process_events(event_list)" in src
+
+
+def test_ready_queue_is_a_deque_of_handles() -> None:
+    loop = uringloop.Loop()
+    try:
+        assert hasattr(loop._ready, "append") and hasattr(loop._ready, "popleft")
+    finally:
+        loop.close()
