@@ -197,8 +197,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         if not flags & _F_MORE:
             self._recv_op = None
         if res > 0:
-            if self._conn_lost:
-                pass                      # aborted: nobody wants these bytes
+            if self._closing:
+                pass   # close()d or aborted: as stock, nothing is delivered after close()
             elif self._paused or self._stash:
                 self._stash.append(data)  # keep order: older bytes first
             else:
@@ -207,10 +207,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             # EOF reaches the protocol one iteration later, as with stock asyncio,
             # where a read that returns b"" is always a callback of its own.
             self._read_eof = True
-            self._loop.call_soon(self._eof_ready)
+            if not self._closing:
+                self._loop.call_soon(self._eof_ready)
             return
         elif res != _ECANCELED and res != _ENOBUFS:
-            if not self._conn_lost:
+            if not self._closing:
                 self._fatal_error(os_error(res), "Fatal read error on socket transport")
             return
         if self._recv_op is None and self._want_read() and not self._stash:
@@ -225,15 +226,38 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def _deliver_buffered(self, data: bytes) -> None:
-        try:
-            protocols._feed_data_to_buffered_proto(self._protocol, data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+        # One completion may hold more than the protocol's buffer: feed it piece
+        # by piece, and stop as soon as the protocol pauses reading or closes,
+        # as stock's recv_into() would (the rest waits, oldest first, in the stash).
+        view = memoryview(data)
+        while view:
+            try:
+                buf = self._protocol.get_buffer(-1)
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            try:
+                target = memoryview(buf).cast("B")
+                n = min(len(target), len(view))
+                target[:n] = view[:n]
+                self._protocol.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            view = view[n:]
+            if view and (self._paused or self._closing):
+                if not self._closing:
+                    self._stash.appendleft(bytes(view))
+                return
 
     def _eof_ready(self) -> None:
-        if self._conn_lost:
+        if self._closing:
             return
         if self._paused or self._stash:
             self._stash_eof = True
@@ -278,9 +302,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         """Deliver bytes that arrived while paused, oldest first, then resume."""
         self._drain_scheduled = False
         stash = self._stash
-        while stash and not self._paused and not self._conn_lost:
+        while stash and not self._paused and not self._closing:
             self._deliver(stash.popleft())
-        if stash or self._paused or self._conn_lost:
+        if stash or self._paused or self._closing:
             return
         if self._stash_eof:
             self._stash_eof = False
