@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
+import math
 import os
 import signal
 import socket
@@ -99,7 +101,78 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     # -- the BaseEventLoop hooks ------------------------------------------------
 
     def _process_events(self, event_list: Any) -> None:
-        pass  # completions are dispatched in Proactor.select()
+        pass  # completions are dispatched by the proactor (see _run_once)
+
+    def _run_once(self) -> None:
+        """One iteration, with the ring polled directly (non-debug mode).
+
+        Same semantics and order as BaseEventLoop._run_once with a selector:
+        drop cancelled timers, poll the kernel (up to the next timer), then run
+        the callbacks that were ready, then the I/O completions, then the timers
+        that expired.  Leaner because it calls the proactor without the
+        selector indirection and dispatches the completions without a Handle
+        of their own.  Debug mode keeps CPython's _run_once, whose slow-callback
+        accounting then covers the completion batch as one callback.
+        """
+        if self._debug:
+            return super()._run_once()  # type: ignore[no-any-return]
+        scheduled = self._scheduled
+        ready = self._ready
+        count = len(scheduled)
+        if (count > base_events._MIN_SCHEDULED_TIMER_HANDLES and
+                self._timer_cancelled_count / count
+                > base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION):
+            live = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    live.append(handle)
+            heapq.heapify(live)
+            self._scheduled = scheduled = live
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                heapq.heappop(scheduled)._scheduled = False
+        if ready or self._stopping:
+            ns = 0
+        elif scheduled:
+            timeout = scheduled[0]._when - self.time()
+            if timeout > base_events.MAXIMUM_SELECT_TIMEOUT:
+                timeout = base_events.MAXIMUM_SELECT_TIMEOUT
+            ns = math.ceil(timeout * 1e9) if timeout > 0 else 0
+        else:
+            ns = -1
+        proactor = self._proactor
+        batch = proactor.iterate(ns)
+        n_ready = len(ready)
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled:
+                if scheduled[0]._when >= end_time:   # (not "<": a NaN deadline runs now)
+                    break
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+        n_timers = len(ready) - n_ready
+        popleft = ready.popleft
+        try:
+            for _ in range(n_ready):
+                handle = popleft()
+                if not handle._cancelled:
+                    handle._run()
+        except BaseException:
+            if batch is not None:
+                proactor._schedule_dispatch(batch)   # not lost: the next iteration
+            raise
+        if batch is not None:
+            proactor.dispatch(batch)
+        for _ in range(n_timers):
+            handle = popleft()
+            if not handle._cancelled:
+                handle._run()
+        handle = None  # break cycles when an exception occurs
 
     def _check_closed(self) -> None:
         # BaseEventLoop calls this first in call_soon, call_at, create_task,

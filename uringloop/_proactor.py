@@ -212,6 +212,7 @@ class Proactor:
         self._passive = 0
         self.sleeping = False
         self.closed = False
+        self._sq_dirty = False   # SQEs prepared since the last submission
         # The provided-buffer ring shared by every multishot receive of this loop,
         # created on first use.  ``recycle`` collects buffer ids handed back by
         # completions; they return to the kernel in one call per iteration.
@@ -261,11 +262,15 @@ class Proactor:
             raise os_error(ret)
 
     def register(self, op: Op) -> int:
-        """Put op in the table under a fresh user_data; return it."""
+        """Put op in the table under a fresh user_data; return it.
+
+        The caller prepares its SQE next, so the SQ now has work to submit.
+        """
         ud = self._next_ud
         self._next_ud = ud + 1
         op.ud = ud
         self._ops[ud] = op
+        self._sq_dirty = True
         return ud
 
     def submit_prepared(self, op: Op, ret: int) -> None:
@@ -290,6 +295,7 @@ class Proactor:
         if op is None or op.cancelling or self.closed:
             return
         op.cancelling = True
+        self._sq_dirty = True
         ret = lib.ul_prep_cancel(self._ptr, ud, -1, 0, UD_IGNORE)
         if ret < 0:
             # The SQ is full and the kernel is backlogged: the cancel request will
@@ -328,6 +334,7 @@ class Proactor:
         """
         if not self.closed:
             lib.ul_submit(self._ptr)
+            self._sq_dirty = False
 
     def read_into(self, fd: int, buf: Any, nbytes: int, keep: Any,
                   callback: Callable[[int, int], None], passive: bool = False) -> CallbackOp:
@@ -343,17 +350,45 @@ class Proactor:
     # -- one iteration --------------------------------------------------------
 
     def select(self, timeout: float | None) -> list[Any]:
-        """Submit everything pending, wait up to timeout, dispatch completions."""
+        """BaseEventLoop's hook: poll, then queue the completions' dispatch.
+
+        The completions run as one ready-queue callback, after the callbacks
+        that were already ready and before expired timers: the order in which
+        CPython's selector loop runs I/O callbacks (a protocol never sees data
+        before, say, the task awaiting its connection has resumed).  Used in
+        debug mode; otherwise Loop._run_once calls iterate() and dispatch() itself,
+        in the same order.
+        """
         if timeout is None:
             ns = -1
         elif timeout <= 0:
             ns = 0
         else:
             ns = math.ceil(timeout * 1e9)
+        data = self.iterate(ns)
+        if data is not None:
+            self._schedule_dispatch(data)
+        return []
+
+    def iterate(self, ns: int) -> bytes | None:
+        """Submit everything pending, wait up to ns (-1: forever), harvest.
+
+        Returns the harvested CQEs (16 bytes each) or None.
+        """
         ops = self._ops
         if self.recycle:
             self._return_buffers()
-        must_enter = self._must_enter and len(ops) > self._passive
+        # A passive op needs no enter while the loop is busy -- except the
+        # self-pipe read when signal handlers are installed: their signal
+        # numbers arrive through it, and a loop that never sleeps (a task
+        # spinning on sleep(0)) would otherwise never run them.
+        must_enter = self._must_enter and (
+            len(ops) > self._passive
+            or bool(self._loop._signal_handlers))  # type: ignore[union-attr]
+        if not ns and not must_enter and not self._sq_dirty and self._must_enter:
+            # Busy loop, nothing to submit, and under DEFER_TASKRUN no completion
+            # can appear without an enter: skip the call altogether.
+            return None
         if ns:
             # Tell call_soon_threadsafe() we may sleep, then look once more: a
             # callback queued before this store is seen here, one queued after it
@@ -361,6 +396,7 @@ class Proactor:
             self.sleeping = True
             if self._loop._ready:  # type: ignore[union-attr]
                 ns = 0
+        self._sq_dirty = False
         try:
             n = lib.ul_run(self._ptr, ns, must_enter)
         finally:
@@ -368,21 +404,19 @@ class Proactor:
         if n <= 0:
             if n < 0:
                 self._check_ret(n)
-            return []
-        # Completions run as one ready-queue callback, after the callbacks that
-        # were already ready and before expired timers: the order in which
-        # CPython's selector loop runs I/O callbacks (a protocol never sees
-        # data before, say, the task awaiting its connection has resumed).
-        self._schedule_dispatch(ffi.buffer(self._cqes, n * _CQE_SIZE)[:])
-        return []
+            return None
+        data: bytes = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
+        self._undispatched.append(data)
+        return data
 
     def _schedule_dispatch(self, data: bytes) -> None:
-        # ``_undispatched`` lets close() account for reaped-but-unrun CQEs.
-        self._undispatched.append(data)
+        # ``_undispatched`` (filled by iterate()) lets close() account for
+        # reaped-but-unrun CQEs.
         self._loop._ready.append(asyncio.Handle(  # type: ignore[union-attr]
-            self._dispatch, (data,), self._loop, None))
+            self.dispatch, (data,), self._loop, None))
 
-    def _dispatch(self, data: bytes) -> None:
+    def dispatch(self, data: bytes) -> None:
+        """Run the completions of one iterate() (exactly once per batch)."""
         self._undispatched.remove(data)
         ops = self._ops
         done = 0
@@ -398,6 +432,7 @@ class Proactor:
             except (SystemExit, KeyboardInterrupt):
                 rest = data[done * _CQE_SIZE:]
                 if rest:   # not lost: dispatched on the next iteration
+                    self._undispatched.append(rest)
                     self._schedule_dispatch(rest)
                 raise
             except BaseException as exc:
