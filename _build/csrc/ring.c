@@ -27,11 +27,35 @@
 #define UL_STORE_RELEASE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #define UL_READ_ONCE(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 
+/*
+ * A registered ring fd is an index into the *registering thread's* table
+ * (current->io_uring->registered_rings): the same index names another ring,
+ * or nothing, in any other thread, and unregistering from another thread
+ * would drop whatever that thread keeps there.  So the ring remembers which
+ * thread registered it, and only that thread enters or unregisters through
+ * the index; every other thread uses the plain fd.  Threads are told apart
+ * by a token handed out once per thread and never reused (a tid or a
+ * pthread_t can be reused after a thread exits; the kernel drops an exited
+ * thread's registrations).
+ */
+static __thread uint64_t ul_thread_token;
+static uint64_t ul_next_token;
+
+static uint64_t this_thread(void)
+{
+    uint64_t t = ul_thread_token;
+    if (__builtin_expect(t == 0, 0)) {
+        t = __atomic_add_fetch(&ul_next_token, 1, __ATOMIC_RELAXED);
+        ul_thread_token = t;
+    }
+    return t;
+}
+
 struct ul_ring {
     int dead;                /* set in a forked child: the ring is not ours */
     int ring_fd;
-    int enter_fd;            /* ring_fd, or the registered index */
-    unsigned enter_flags;    /* IORING_ENTER_REGISTERED_RING when registered */
+    int reg_index;           /* registered ring fd index, -1 if none */
+    uint64_t reg_owner;      /* token of the thread that registered it */
     uint32_t setup_flags;
     uint32_t features;
 
@@ -77,8 +101,13 @@ static int sys_setup(unsigned entries, struct io_uring_params *p)
 static int sys_enter(ul_ring *r, unsigned to_submit, unsigned min_complete,
                      unsigned flags, void *arg, size_t argsz)
 {
-    long ret = syscall(__NR_io_uring_enter, r->enter_fd, to_submit,
-                       min_complete, flags | r->enter_flags, arg, argsz);
+    int fd = r->ring_fd;
+    if (r->reg_index >= 0 && r->reg_owner == this_thread()) {
+        fd = r->reg_index;
+        flags |= IORING_ENTER_REGISTERED_RING;
+    }
+    long ret = syscall(__NR_io_uring_enter, fd, to_submit, min_complete,
+                       flags, arg, argsz);
     r->stats.enters++;
     return ret < 0 ? -errno : (int)ret;
 }
@@ -177,7 +206,7 @@ int ul_ring_create(ul_ring **out, unsigned sq_entries, unsigned cq_entries,
         return -ENOMEM;
     }
     r->ring_fd = fd;
-    r->enter_fd = fd;
+    r->reg_index = -1;
     r->setup_flags = p.flags;
     r->features = p.features;
     err = map_rings(r, &p);
@@ -206,6 +235,8 @@ int ul_ring_create(ul_ring **out, unsigned sq_entries, unsigned cq_entries,
 
 int ul_ring_enable(ul_ring *r)
 {
+    if (r->dead)
+        return -EBADFD;
     if (!(r->setup_flags & IORING_SETUP_R_DISABLED))
         return 0;
     int ret = sys_register(r->ring_fd, UL_REGISTER_ENABLE_RINGS, NULL, 0);
@@ -221,22 +252,36 @@ struct ul_rsrc_update {
     uint64_t data;
 };
 
+/* Drop the registered index if the calling thread owns it.  One owned by
+ * another thread cannot be dropped from here: it is forgotten, and the
+ * kernel releases it (and its reference to the ring) when that thread
+ * exits. */
+static void unregister_fd(ul_ring *r)
+{
+    if (r->reg_index < 0)
+        return;
+    if (r->reg_owner == this_thread()) {
+        struct ul_rsrc_update old = {.offset = (uint32_t)r->reg_index};
+        sys_register(r->ring_fd, UL_UNREGISTER_RING_FDS, &old, 1);
+    }
+    r->reg_index = -1;
+    r->reg_owner = 0;
+}
+
 int ul_ring_register_fd(ul_ring *r)
 {
+    if (r->dead)
+        return -EBADFD;
+    if (r->reg_index >= 0 && r->reg_owner == this_thread())
+        return r->reg_index;
+    unregister_fd(r);
     struct ul_rsrc_update up = {.offset = (uint32_t)-1, .resv = 0, .data = (uint64_t)r->ring_fd};
-    if (r->enter_flags & IORING_ENTER_REGISTERED_RING) {
-        /* Registered fds belong to the registering thread: drop the old one. */
-        struct ul_rsrc_update old = {.offset = (uint32_t)r->enter_fd};
-        sys_register(r->ring_fd, UL_UNREGISTER_RING_FDS, &old, 1);
-        r->enter_flags &= ~(unsigned)IORING_ENTER_REGISTERED_RING;
-        r->enter_fd = r->ring_fd;
-    }
     int ret = sys_register(r->ring_fd, UL_REGISTER_RING_FDS, &up, 1);
     if (ret != 1)
         return ret < 0 ? ret : -EIO;
-    r->enter_fd = (int)up.offset;
-    r->enter_flags |= IORING_ENTER_REGISTERED_RING;
-    return (int)up.offset;
+    r->reg_index = (int)up.offset;
+    r->reg_owner = this_thread();
+    return r->reg_index;
 }
 
 void ul_ring_forget(ul_ring *r)
@@ -244,8 +289,13 @@ void ul_ring_forget(ul_ring *r)
     if (!r)
         return;
     unmap_all(r);
-    if (r->ring_fd >= 0)
+    if (r->ring_fd >= 0) {
+        /* A registered index holds its own reference to the ring file:
+         * closing the fd alone would leave the ring alive in the kernel
+         * (and the thread's 16 registration slots would run out). */
+        unregister_fd(r);
         close(r->ring_fd);
+    }
     free(r->out);
     free(r->sqe_ts);
     free(r);
@@ -259,13 +309,17 @@ void ul_ring_fork_reset(ul_ring *r)
     if (r->ring_fd >= 0)
         close(r->ring_fd);
     r->ring_fd = -1;
+    /* The child has no registered rings (io_uring task context is not
+     * inherited); the index may name a ring the child registers later. */
+    r->reg_index = -1;
+    r->reg_owner = 0;
     r->dead = 1;
 }
 
 void ul_ring_destroy(ul_ring *r)
 {
-    /* Closing the ring fd also drops the registered index; nothing else
-     * the kernel owns survives the fd. */
+    /* ul_ring_forget drops the registered index (when this thread owns it)
+     * and closes the fd; nothing else the kernel owns survives the fd. */
     ul_ring_forget(r);
 }
 
@@ -277,12 +331,19 @@ ul_cqe *ul_ring_cqes(ul_ring *r)
 void ul_ring_stats(ul_ring *r, ul_stats *out)
 {
     *out = r->stats;
+    if (r->dead) {          /* the shared counters are unmapped */
+        out->cq_overflow_kernel = 0;
+        out->sq_pending = 0;
+        return;
+    }
     out->cq_overflow_kernel = UL_READ_ONCE(r->cq_koverflow);
     out->sq_pending = r->sqe_tail - UL_LOAD_ACQUIRE(r->sq_khead);
 }
 
 int ul_probe(ul_ring *r, uint8_t *supported, unsigned n)
 {
+    if (r->dead)
+        return -EBADFD;
     size_t sz = sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op);
     struct io_uring_probe *probe = calloc(1, sz);
     if (!probe)
@@ -336,10 +397,12 @@ static struct io_uring_sqe *get_sqe(ul_ring *r, int *err)
         return NULL;
     }
     if (r->sqe_tail - UL_LOAD_ACQUIRE(r->sq_khead) >= r->sq_entries) {
-        /* SQ full: flush what we have and try again, never drop. */
+        /* SQ full: flush what we have and try again, never drop.  A flush
+         * the kernel could not take any of (a signal, -EAGAIN: no memory
+         * for requests) is "the SQ stays full": -EBUSY, retry later. */
         r->stats.sq_full_flushes++;
         int ret = ul_submit(r);
-        if (ret < 0 && ret != -EINTR) {
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
             *err = ret;
             return NULL;
         }
@@ -557,7 +620,9 @@ int ul_run(ul_ring *r, int64_t timeout_ns, int must_enter)
         r->stats.cq_overflow_flushes++;
         ret = sys_enter(r, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
-            return ret;
+            /* The n CQEs already harvested are off the ring: report them,
+             * the error comes back on the next call. */
+            return n > 0 ? n : ret;
         r->out += n;
         r->out_cap -= (unsigned)n;
         int more = ul_reap(r);
@@ -604,6 +669,8 @@ int ul_bufring_create(ul_ring *r, uint16_t bgid, unsigned nbufs,
                       unsigned buf_size, ul_bufring **out)
 {
     *out = NULL;
+    if (r->dead)
+        return -EBADFD;
     if (nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)) || buf_size == 0)
         return -EINVAL;
     ul_bufring *b = calloc(1, sizeof(*b));
@@ -649,20 +716,36 @@ int ul_bufring_create(ul_ring *r, uint16_t bgid, unsigned nbufs,
     return 0;
 }
 
+/*
+ * 0: unregistered and freed.  -EBADFD: the ring was reset in a forked child;
+ * the child's copies are freed (the kernel only ever writes the parent's).
+ * Any other -errno: the kernel refused to unregister (e.g. -EEXIST, called
+ * from a thread other than a SINGLE_ISSUER ring's owner) and may still fill
+ * these buffers, so nothing is released; call again from the right thread.
+ */
 int ul_bufring_destroy(ul_bufring *b)
 {
-    struct ul_buf_reg reg;
-    memset(&reg, 0, sizeof(reg));
-    reg.bgid = b->bgid;
-    int ret = sys_register(b->r->ring_fd, UL_UNREGISTER_PBUF_RING, &reg, 1);
+    int ret = -EBADFD;
+    if (!b->r->dead) {
+        struct ul_buf_reg reg;
+        memset(&reg, 0, sizeof(reg));
+        reg.bgid = b->bgid;
+        ret = sys_register(b->r->ring_fd, UL_UNREGISTER_PBUF_RING, &reg, 1);
+        if (ret < 0)
+            return ret;
+    }
     munmap(b->mem, b->mem_sz);
     munmap(b->br, b->ring_sz);
     free(b);
     return ret < 0 ? ret : 0;
 }
 
+/* A bid outside the ring cannot have come from a CQE of this group; putting
+ * it back would hand the kernel an address past the buffers.  Ignored. */
 void ul_bufring_recycle(ul_bufring *b, uint16_t bid)
 {
+    if (bid >= b->nbufs)
+        return;
     bufring_put(b, bid, 0);
     b->tail++;
     UL_STORE_RELEASE(&b->br->tail, b->tail);
@@ -670,9 +753,12 @@ void ul_bufring_recycle(ul_bufring *b, uint16_t bid)
 
 void ul_bufring_recycle_many(ul_bufring *b, const uint16_t *bids, unsigned n)
 {
+    unsigned put = 0;
     for (unsigned i = 0; i < n; i++)
-        bufring_put(b, bids[i], i);
-    b->tail = (uint16_t)(b->tail + n);
+        if (bids[i] < b->nbufs)
+            bufring_put(b, bids[i], put++);
+    /* One release store publishes all entries written above. */
+    b->tail = (uint16_t)(b->tail + put);
     UL_STORE_RELEASE(&b->br->tail, b->tail);
 }
 

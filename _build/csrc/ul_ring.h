@@ -8,7 +8,12 @@
  * on failure; nothing here raises or allocates Python objects.
  *
  * Threading: a ring is driven by exactly one thread at a time (the thread
- * running the event loop).  Nothing here locks.
+ * running the event loop).  Nothing here locks.  A registered ring fd is
+ * used (and dropped) only by the thread that registered it; other threads
+ * enter through the plain fd.
+ *
+ * After ul_ring_fork_reset every entry point that takes the ring returns
+ * -EBADFD (ul_ring_stats reports zeros for the shared counters).
  */
 #ifndef UL_RING_H
 #define UL_RING_H
@@ -58,9 +63,9 @@ typedef struct ul_stats {
 int ul_ring_create(ul_ring **out, unsigned sq_entries, unsigned cq_entries,
                    uint32_t setup_flags, unsigned reap_capacity, ul_info *info);
 int ul_ring_enable(ul_ring *r);          /* ENABLE_RINGS if R_DISABLED */
-int ul_ring_register_fd(ul_ring *r);     /* per-thread registered ring fd */
-void ul_ring_destroy(ul_ring *r);        /* munmap + close; caller drained */
-void ul_ring_forget(ul_ring *r);         /* free without draining */
+int ul_ring_register_fd(ul_ring *r);     /* for the calling thread; index or -errno */
+void ul_ring_destroy(ul_ring *r);        /* munmap, unregister, close; caller drained */
+void ul_ring_forget(ul_ring *r);         /* the same, without draining */
 void ul_ring_fork_reset(ul_ring *r);     /* forked child: drop mappings, refuse use */
 ul_cqe *ul_ring_cqes(ul_ring *r);        /* the preallocated reap array */
 void ul_ring_stats(ul_ring *r, ul_stats *out);
@@ -90,8 +95,8 @@ int ul_prep_timeout(ul_ring *r, int64_t ns, unsigned count, uint64_t ud);
 /* Provided-buffer rings. */
 int ul_bufring_create(ul_ring *r, uint16_t bgid, unsigned nbufs,
                       unsigned buf_size, ul_bufring **out);
-int ul_bufring_destroy(ul_bufring *br);
-void ul_bufring_recycle(ul_bufring *br, uint16_t bid);
+int ul_bufring_destroy(ul_bufring *br);  /* -errno other than -EBADFD: nothing freed */
+void ul_bufring_recycle(ul_bufring *br, uint16_t bid);   /* bid >= nbufs ignored */
 void ul_bufring_recycle_many(ul_bufring *br, const uint16_t *bids, unsigned n);
 char *ul_bufring_base(ul_bufring *br);
 
