@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loops import LABELS
+from benchmarks.loops import C_REFERENCE, LABELS
 
 BASELINE = "asyncio"
 # what each section measures: (throughput key, unit, CPU key, CPU unit, CPU-share key)
@@ -95,23 +95,39 @@ def noise_note(entries: list[dict[str, Any]]) -> str | None:
     if others is None or others < 0.25:
         return None
     return (f"note: other processes used a median {others:.0%} of a CPU during the timed "
-            f"windows; req/s and their ratios are noisy, CPU per request is the steadier "
-            f"figure.")
+            f"windows; req/s and their ratios are noisy (CPU per request is steadier); "
+            f"--nice -10 gives the measured processes precedence.")
+
+
+def headroom_note(entries: list[dict[str, Any]]) -> str | None:
+    """How far the C reference server outran the fastest Python loop, per cell."""
+    margins = []
+    for entry in entries:
+        summary = entry["summary"]
+        c = summary.get(C_REFERENCE, {}).get("median")
+        best = max((s["median"] for lp, s in summary.items()
+                    if lp != C_REFERENCE and s["median"] is not None), default=None)
+        if c and best:
+            margins.append((c / best, entry["name"]))
+    if not margins:
+        return None
+    low, low_cell = min(margins)
+    return (f"C reference / fastest Python loop, same client: median "
+            f"{statistics.median(m for m, _ in margins):.2f}x, lowest {low:.2f}x ({low_cell})")
 
 
 def table(title: str, entries: list[dict[str, Any]], net: bool) -> str:
     keys = NET_KEYS if net else MICRO_KEYS
-    head = (f"{title:<13}{keys[1]:>12}  {'vs asyncio':<18} {keys[3]:>10}"
-            f" {'server' if net else 'proc'!s:>7}" + (f" {'client':>7}" if net else "")
-            + f" {'others':>7}")
+    share = "server" if net else "proc"
+    head = (f"{title:<13}{keys[1]:>12}  {'vs asyncio':<18} {keys[3]:>10} {share:>7}"
+            + (f" {'client':>7}" if net else "") + f" {'others':>7}")
     lines = [head, "-" * len(head)]
     for entry in entries:
         lines.append(entry["name"])
         for loop, s in entry["summary"].items():
             lines.append(_row(loop, s, net))
-    note = noise_note(entries)
-    if note:
-        lines.append(note)
+    notes = [headroom_note(entries) if net else None, noise_note(entries)]
+    lines += [note for note in notes if note]
     return "\n".join(lines)
 
 
@@ -137,7 +153,7 @@ def write_chart(path: Path, results: dict[str, Any]) -> str | None:
     fig, axes = plt.subplots(len(sections), 1, squeeze=False,
                              figsize=(max(10, 0.9 * max(len(e) for _, e in sections) + 3),
                                       5 * len(sections)))
-    colors = {"uringloop": "#d62728", "uvloop": "#1f77b4", "c": "#7f7f7f"}
+    colors = {"uringloop": "#d62728", "uvloop": "#1f77b4", C_REFERENCE: "#7f7f7f"}
     for ax, (title, entries) in zip(axes[:, 0], sections):
         loops = [lp for lp in entries[0]["summary"] if lp != BASELINE]
         width = 0.8 / max(len(loops), 1)
