@@ -15,7 +15,7 @@ from asyncio import constants, selector_events, sslproto, trsock
 from typing import Any
 
 from . import _ring
-from ._proactor import CallbackOp, Proactor
+from ._proactor import CallbackOp, Proactor, os_error
 from ._ring import lib
 from ._stream import UringSocketTransport
 
@@ -69,17 +69,24 @@ class _Acceptor:
             # As CPython's selector loop: report, pause accepting, retry later.
             self.loop.call_exception_handler({
                 "message": "socket.accept() out of system resource",
-                "exception": OSError(-res, errno.errorcode.get(-res, "")),
+                "exception": os_error(res),
                 "socket": trsock.TransportSocket(self.sock),
             })
             if self.op is not None:
                 self.loop._proactor.cancel(self.op.ud)
             self.stopped = True
-            self.loop.call_later(constants.ACCEPT_RETRY_DELAY,
-                                 self.loop._start_serving, self.args[0], self.sock,
-                                 *self.args[1:])
+            self.loop.call_later(constants.ACCEPT_RETRY_DELAY, self.resume)
             return
         if self.op is None and not self.stopped and not self.loop.is_closed():
+            self.arm()
+
+    def resume(self) -> None:
+        """Accept again after an out-of-resources pause, unless serving stopped meanwhile
+        (a closed server's socket must not be re-armed: EBADF, re-armed forever)."""
+        if self.loop.is_closed() or self.loop._acceptors.get(self.sock) is not self:
+            return
+        self.stopped = False
+        if self.op is None:
             self.arm()
 
 

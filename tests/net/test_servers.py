@@ -5,14 +5,18 @@ Eyeballs, interleave, all_errors)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+import resource
 import socket
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
-from netutil import RecordingProtocol, has_ipv6, read_all_sock
+from netutil import (RecordingProtocol, assert_no_ops_in_flight, has_ipv6, is_uringloop,
+                     read_all_sock)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -414,3 +418,113 @@ async def test_connection_errors_and_all_errors(delay: Any) -> None:
         del loop.getaddrinfo   # type: ignore[attr-defined]
     with pytest.raises(ConnectionRefusedError):       # a single address: that error
         await loop.create_connection(RecordingProtocol, "127.0.0.1", p1)
+
+
+def _lowest_free_fd() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)     # the kernel hands out the lowest free one
+    os.close(fd)
+    return fd
+
+
+async def _wait_for(predicate: Callable[[], bool], iterations: int = 2000) -> None:
+    for _ in range(iterations):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+@contextlib.contextmanager
+def _low_fd_limit(room: int = 20) -> Iterator[None]:
+    """Lower RLIMIT_NOFILE to just above what is open (an accept armed now sees it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd() + room, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def _exhaust_fds_until_accept_fails(port: int, contexts: list[dict[str, Any]]
+                                          ) -> list[socket.socket]:
+    """Connect clients while the fd table is full: the server's accept fails."""
+    clients = [socket.socket() for _ in range(3)]
+    fillers: list[int] = []
+    try:
+        for c in clients:
+            c.setblocking(False)
+        while True:
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        for c in clients:
+            assert c.connect_ex(("127.0.0.1", port)) in (0, errno.EINPROGRESS)
+        await _wait_for(lambda: bool(contexts))
+    except BaseException:
+        for c in clients:
+            c.close()
+        raise
+    finally:
+        for fd in fillers:
+            os.close(fd)
+    return clients
+
+
+@pytest.mark.asyncio
+@pytest.mark.allow_exception_handler
+async def test_accept_out_of_fds_pauses_then_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 0.05)
+    contexts: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    with _low_fd_limit():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = await _exhaust_fds_until_accept_fails(port, contexts)
+    try:
+        assert contexts[0]["message"] == "socket.accept() out of system resource"
+        assert isinstance(contexts[0]["exception"], OSError)
+        assert contexts[0]["exception"].errno == errno.EMFILE
+        assert contexts[0]["exception"].strerror == os.strerror(errno.EMFILE)
+        assert contexts[0]["socket"].getsockname() == ("127.0.0.1", port)
+        # the connections waited in the backlog; after the retry delay all are served
+        for i, c in enumerate(clients):
+            await loop.sock_sendall(c, b"after EMFILE %d" % i)
+            assert await read_all_sock(c, 14) == b"after EMFILE %d" % i
+        assert all(ctx["message"] == "socket.accept() out of system resource"
+                   for ctx in contexts)
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@pytest.mark.allow_exception_handler
+async def test_server_closed_while_accept_retry_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 0.05)
+    contexts: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    with _low_fd_limit():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = await _exhaust_fds_until_accept_fails(port, contexts)
+    for c in clients:
+        c.close()
+    server.close()                      # before the retry runs
+    await server.wait_closed()
+    n = len(contexts)
+    await asyncio.sleep(0.2)            # the retry's time has come and gone
+    late = contexts[n:]
+    if is_uringloop(loop):
+        # Nothing to resume: the server is closed.
+        assert late == []
+        await assert_no_ops_in_flight()
+    else:
+        # Divergence: stock's retry (one per failed accept) re-registers the
+        # closed socket (fd -1): each reports a ValueError to the exception handler.
+        assert late and all(type(ctx.get("exception")) is ValueError for ctx in late)

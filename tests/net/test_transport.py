@@ -11,12 +11,13 @@ import hashlib
 import random
 import socket
 import ssl
+import sys
 from asyncio import trsock
 from typing import Any, Callable
 
 import pytest
-from netutil import (RecordingProtocol, assert_no_ops_in_flight, pattern, read_all_sock,
-                     set_linger0, tcp_pair)
+from netutil import (RecordingProtocol, assert_no_ops_in_flight, is_uringloop, pattern,
+                     read_all_sock, set_linger0, tcp_pair)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -340,6 +341,13 @@ async def test_written_buffers_may_be_mutated_at_once() -> None:
         mutable.extend(b"more")
         transport.close()
         got = await read_all_sock(peer)
+        if got != big + b"original-bytes" + b"original-view!" and \
+                not is_uringloop() and sys.version_info >= (3, 12):
+            # Divergence: from 3.12 on, stock's selector transport queues a
+            # reference to the caller's object instead of a copy, so later
+            # mutation changes what is sent.  uringloop owns a copy (rule 4.5).
+            assert await proto.lost is None
+            pytest.xfail("stock asyncio 3.12+ sends the mutated buffer (no copy on write)")
         assert got == big + b"original-bytes" + b"original-view!"
         assert await proto.lost is None
 
