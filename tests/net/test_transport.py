@@ -726,3 +726,36 @@ async def test_repr_and_closed_transport() -> None:
 def test_ssl_module_available() -> None:
     # TLS tests live in test_tls.py; this only documents the dependency.
     assert ssl.OPENSSL_VERSION
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("fallback", [False, True], ids=["native", "fallback"])
+async def test_loop_sendfile_over_transport(fallback: bool) -> None:
+    import tempfile
+    loop = asyncio.get_running_loop()
+    transport, proto, peer = await transport_on()
+    data = pattern(6 * 1024 * 1024 + 5, seed=16)
+    with peer, tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        f.seek(0)
+        await proto.made
+        transport.write(b"header:")
+        reader = asyncio.ensure_future(read_all_sock(peer))
+        peer.sendall(b"bytes from the peer during sendfile")
+        if fallback:
+            sent = await loop.sendfile(transport, f, fallback=True)
+        else:
+            sent = await loop.sendfile(transport, f)
+        assert sent == len(data)
+        assert f.tell() == len(data)
+        sent = await loop.sendfile(transport, f, offset=10, count=100)
+        assert sent == 100
+        transport.write(b":trailer")
+        await proto.wait_bytes(35)
+        assert proto.data == b"bytes from the peer during sendfile"
+        assert transport.is_reading()
+        transport.close()
+        got = await reader
+        assert got == b"header:" + data + data[10:110] + b":trailer"
+        assert await proto.lost is None
