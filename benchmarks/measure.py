@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import select
 import subprocess
@@ -27,6 +28,10 @@ from benchmarks.servers import HTTP_BODY
 from benchmarks.workloads import NetCell
 
 ROOT = Path(__file__).resolve().parent.parent
+# Servers and micro-benchmarks never run in asyncio debug mode (it costs a
+# stack capture per callback): what is measured is the production path.
+CHILD_ENV = {k: v for k, v in os.environ.items()
+             if k not in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")}
 SERVER_START_TIMEOUT = 20.0
 VERIFY_REQUESTS = 5  # per connection, checked before any timing
 
@@ -82,8 +87,8 @@ def _start_server(cell: NetCell, loop: str, tools: dict[str, Path], settings: Se
     else:
         cmd = [sys.executable, "-m", "benchmarks.servers", "--loop", loop, "--kind", cell.kind,
                *cpu]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=stderr)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=CHILD_ENV, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], SERVER_START_TIMEOUT)
     line = proc.stdout.readline() if ready else b""
@@ -174,8 +179,8 @@ def run_micro(bench: str, loop: str, settings: Settings) -> dict[str, Any]:
         cmd += ["--cpu", str(settings.server_cpu)]
     timeout = settings.micro_warmup + settings.micro_duration + 60
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, env=CHILD_ENV, check=False,
+                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {timeout:.0f} s"}
     lines = proc.stdout.strip().splitlines()
