@@ -202,7 +202,12 @@ class PausingProtocol(asyncio.Protocol):
         assert self.transport.is_reading()
         self.hash.update(data)
         self.count += len(data)
-        if self.rng.random() < 0.3:
+        if self.rng.random() < 0.05:
+            # paused and resumed at once, before any cancellation can land
+            self.transport.pause_reading()
+            self.transport.resume_reading()
+            assert self.transport.is_reading()
+        elif self.rng.random() < 0.3:
             self.paused = True
             self.pauses += 1
             self.transport.pause_reading()
@@ -759,3 +764,77 @@ async def test_loop_sendfile_over_transport(fallback: bool) -> None:
         got = await reader
         assert got == b"header:" + data + data[10:110] + b":trailer"
         assert await proto.lost is None
+
+
+class PauseAtOnce(RecordingProtocol):
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        transport.pause_reading()            # before the transport has started reading
+
+
+@pytest.mark.asyncio
+async def test_pause_reading_in_connection_made() -> None:
+    transport, proto, peer = await transport_on(PauseAtOnce)
+    with peer:
+        await proto.made
+        peer.sendall(b"early bytes")
+        await _spin(10)
+        assert proto.data == b"" and not transport.is_reading()
+        transport.resume_reading()
+        await proto.wait_bytes(11)
+        assert proto.data == b"early bytes"
+        transport.close()
+        assert await proto.lost is None
+
+
+@pytest.mark.asyncio
+async def test_reset_while_paused_is_reported_on_resume() -> None:
+    loop = asyncio.get_running_loop()
+    transport, proto, peer = await transport_on()
+    await proto.made
+    transport.pause_reading()
+    await _spin(5)
+    set_linger0(peer)
+    peer.close()
+    await _spin(10)
+    assert not proto.lost.done()             # not reading: nobody looked yet (as stock)
+    transport.resume_reading()
+    exc = await proto.lost
+    assert isinstance(exc, ConnectionResetError)
+    assert proto.lost_calls == [exc]
+
+
+@pytest.mark.asyncio
+async def test_unix_transport_half_close() -> None:
+    import os
+    import tempfile
+    loop = asyncio.get_running_loop()
+    server_protos: list[RecordingProtocol] = []
+
+    def factory() -> RecordingProtocol:
+        server_protos.append(RecordingProtocol(eof_keep_open=True))
+        return server_protos[-1]
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "s")
+        server = await loop.create_unix_server(factory, path)
+        try:
+            ct, cp = await loop.create_unix_connection(RecordingProtocol, path)
+            await cp.made
+            assert ct.can_write_eof()
+            ct.write(b"question")
+            ct.write_eof()
+            while not server_protos:
+                await asyncio.sleep(0)
+            sp = server_protos[0]
+            await sp.eof
+            assert sp.data == b"question"
+            sp.transport.write(b"answer")
+            sp.transport.close()
+            assert await cp.lost is None
+            assert cp.data == b"answer"
+            assert cp.events == ["made", "data", "eof", "lost"]
+            assert await sp.lost is None
+        finally:
+            server.close()
+            await server.wait_closed()
