@@ -70,6 +70,10 @@ def run(main: Coroutine[Any, Any, _T], *,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
         debug: bool | None = None) -> _T:
     """Run a coroutine on a new uringloop loop, like :func:`asyncio.run`."""
+    # Checked before the Runner exists, in asyncio.run's order: Runner.__enter__
+    # creates the loop, and its close() inside a running loop would fail again.
+    if asyncio._get_running_loop() is not None:
+        raise RuntimeError("uringloop.run() cannot be called from a running event loop")
     if not asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
     with asyncio.Runner(loop_factory=loop_factory or new_event_loop, debug=debug) as runner:

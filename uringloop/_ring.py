@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import errno as _errno
 import os
+import resource
 import threading
 import weakref
 from typing import Any, Iterable
@@ -75,7 +76,7 @@ OP_UNLINKAT = 36
 OP_MKDIRAT = 37
 OP_SOCKET = 45
 OP_SEND_ZC = 47
-OP_WAITID = 51
+OP_WAITID = 50   # 51 is IORING_OP_FUTEX_WAIT
 OP_FTRUNCATE = 55
 
 OPCODE_NAMES = {
@@ -103,6 +104,8 @@ FEAT_SINGLE_MMAP = 1 << 0
 FEAT_NODROP = 1 << 1
 FEAT_FAST_POLL = 1 << 5
 FEAT_EXT_ARG = 1 << 8
+FEAT_NATIVE_WORKERS = 1 << 9
+FEAT_RSRC_TAGS = 1 << 10
 
 SETUP_FLAG_NAMES = {
     lib.UL_SETUP_R_DISABLED: "R_DISABLED",
@@ -115,7 +118,18 @@ SETUP_FLAG_NAMES = {
 FEATURE_NAMES = {
     FEAT_SINGLE_MMAP: "SINGLE_MMAP", FEAT_NODROP: "NODROP",
     FEAT_FAST_POLL: "FAST_POLL", FEAT_EXT_ARG: "EXT_ARG",
+    FEAT_NATIVE_WORKERS: "NATIVE_WORKERS", FEAT_RSRC_TAGS: "RSRC_TAGS",
 }
+
+#: Kernel features uringloop cannot work without: NODROP (5.5) so no completion
+#: is ever lost, EXT_ARG (5.11) so one io_uring_enter both submits and waits
+#: with a timeout.
+REQUIRED_FEATURES = {FEAT_NODROP: "NODROP", FEAT_EXT_ARG: "EXT_ARG"}
+
+
+def missing_required_features(features: int) -> list[str]:
+    """Names of the REQUIRED_FEATURES absent from io_uring_params.features."""
+    return [name for bit, name in REQUIRED_FEATURES.items() if not features & bit]
 
 #: Optional features, each with a fallback path, that can be switched off.
 OPTIONAL_FEATURES = frozenset({
@@ -131,15 +145,41 @@ OPTIONAL_FEATURES = frozenset({
     "send_zc",
 })
 
+#: The setup flags each optional setup feature stands for.
+_SETUP_FEATURE_FLAGS = {
+    "defer_taskrun": lib.UL_SETUP_SINGLE_ISSUER | lib.UL_SETUP_DEFER_TASKRUN
+    | lib.UL_SETUP_R_DISABLED,
+    "coop_taskrun": lib.UL_SETUP_COOP_TASKRUN | lib.UL_SETUP_TASKRUN_FLAG,
+    "submit_all": lib.UL_SETUP_SUBMIT_ALL,
+}
+
 _SETUP_LADDER = (
-    # (flags, features it stands for)
-    (lib.UL_SETUP_SINGLE_ISSUER | lib.UL_SETUP_DEFER_TASKRUN | lib.UL_SETUP_SUBMIT_ALL
-     | lib.UL_SETUP_R_DISABLED, {"defer_taskrun", "submit_all"}),
-    (lib.UL_SETUP_COOP_TASKRUN | lib.UL_SETUP_TASKRUN_FLAG | lib.UL_SETUP_SUBMIT_ALL,
-     {"coop_taskrun", "submit_all"}),
-    (lib.UL_SETUP_SUBMIT_ALL, {"submit_all"}),
-    (0, set()),
+    # (the feature this rung is for, flags), best first; each step down on EINVAL.
+    ("defer_taskrun", _SETUP_FEATURE_FLAGS["defer_taskrun"] | lib.UL_SETUP_SUBMIT_ALL),
+    ("coop_taskrun", _SETUP_FEATURE_FLAGS["coop_taskrun"] | lib.UL_SETUP_SUBMIT_ALL),
+    ("submit_all", lib.UL_SETUP_SUBMIT_ALL),
+    (None, 0),
 )
+
+
+def _setup_attempts(disabled: frozenset[str]) -> list[int]:
+    """The setup flags to try, best first, with the disabled features left out.
+
+    A rung whose own feature is disabled is skipped; a disabled feature that a
+    rung merely combines with (SUBMIT_ALL) is stripped from it, so switching
+    one feature off never takes another down with it.
+    """
+    strip = 0
+    for name in disabled & _SETUP_FEATURE_FLAGS.keys():
+        strip |= _SETUP_FEATURE_FLAGS[name]
+    attempts: list[int] = []
+    for feature, flags in _SETUP_LADDER:
+        if feature in disabled:
+            continue
+        flags &= ~strip
+        if flags not in attempts:
+            attempts.append(flags)
+    return attempts
 
 DEFAULT_SQ_ENTRIES = 1024
 DEFAULT_CQ_ENTRIES = 8192
@@ -163,6 +203,11 @@ class UringUnavailableError(OSError):
     def __str__(self) -> str:
         return str(self.strerror)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError pickles as (errno, strerror); keep the cause, so the error
+        # survives a trip through multiprocessing or concurrent.futures.
+        return (type(self), (self.errno, self.cause, self.strerror))
+
 
 def read_sysctl_io_uring_disabled() -> int | None:
     """The ``kernel.io_uring_disabled`` sysctl (Linux 6.6+), or None."""
@@ -185,49 +230,73 @@ def read_seccomp_mode() -> int | None:
     return None
 
 
-def diagnose(err: int) -> UringUnavailableError:
-    """Turn an io_uring_setup() errno into the exception users see."""
+_FALLBACK_HINT = "or use the stock loop: uringloop.new_event_loop(fallback=True)"
+
+
+def _memlock_text() -> str:
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    except (OSError, ValueError):
+        return "RLIMIT_MEMLOCK"
+    if soft == resource.RLIM_INFINITY:
+        return "RLIMIT_MEMLOCK (unlimited here)"
+    return f"RLIMIT_MEMLOCK ({soft // 1024} KiB here)"
+
+
+def diagnose(err: int, call: str = "io_uring_setup") -> UringUnavailableError:
+    """Turn the errno of a refused io_uring syscall into the exception users see.
+
+    ``call`` names the syscall that failed: io_uring_setup, or, when a ring
+    was created but cannot be driven, io_uring_register / io_uring_enter.
+    The sysctl and seccomp state is read now, to name the cause.
+    """
     name = _errno.errorcode.get(err, str(err))
-    prefix = f"io_uring is not available ({name}): "
+    prefix = f"io_uring is not available ({name} from {call}): "
+    seccomp = read_seccomp_mode()
     if err == _errno.ENOSYS:
+        hint = (" A seccomp filter is active here (Seccomp: 2 in /proc/self/status); "
+                "some sandboxes answer ENOSYS for syscalls they do not know, so the "
+                "filter may be what hides io_uring."
+                if seccomp == 2 else "")
         return UringUnavailableError(
             err, "no-kernel-support",
             prefix + "this kernel has no io_uring (older than 5.1, or built without "
-            "CONFIG_IO_URING). Fix: run on Linux 5.19 or newer with io_uring enabled, "
-            "or use the stock loop: uringloop.new_event_loop(fallback=True).")
+            "CONFIG_IO_URING)." + hint + " Fix: run on Linux 5.19 or newer with "
+            f"io_uring enabled, {_FALLBACK_HINT}.")
     if err == _errno.EPERM:
-        disabled = read_sysctl_io_uring_disabled()
+        disabled = read_sysctl_io_uring_disabled() if call == "io_uring_setup" else None
         if disabled == 2:
             return UringUnavailableError(
                 err, "sysctl-disabled",
                 prefix + "the sysctl kernel.io_uring_disabled=2 forbids io_uring for every "
                 "process. Fix: `sysctl -w kernel.io_uring_disabled=0` (as root), "
-                "or use uringloop.new_event_loop(fallback=True).")
+                f"{_FALLBACK_HINT}.")
         if disabled == 1:
             return UringUnavailableError(
                 err, "sysctl-group",
                 prefix + "the sysctl kernel.io_uring_disabled=1 limits io_uring to "
                 "CAP_SYS_ADMIN and the group in kernel.io_uring_group. Fix: add this "
-                "user to that group, set kernel.io_uring_disabled=0, or use "
-                "uringloop.new_event_loop(fallback=True).")
-        seccomp = read_seccomp_mode()
-        where = ("a seccomp filter is active (Seccomp: 2 in /proc/self/status), "
+                "user to that group, set kernel.io_uring_disabled=0, "
+                f"{_FALLBACK_HINT}.")
+        where = ("a seccomp filter is active (Seccomp: 2 in /proc/self/status) and "
                  if seccomp == 2 else "")
         return UringUnavailableError(
             err, "seccomp",
-            prefix + where + "io_uring_setup was refused, typically by a container's "
+            prefix + where + f"{call} was refused, typically by a container's "
             "seccomp profile (Docker, containerd and Kubernetes block io_uring by "
-            "default). Fix: run the container with a seccomp profile that allows "
-            "io_uring_setup, io_uring_enter and io_uring_register (see "
-            "docs/operations.md), or use uringloop.new_event_loop(fallback=True).")
+            "default), or by a security module. Fix: run the container with a seccomp "
+            "profile that allows io_uring_setup, io_uring_enter and io_uring_register "
+            f"(see docs/operations.md), {_FALLBACK_HINT}.")
     if err == _errno.ENOMEM:
         return UringUnavailableError(
             err, "memlock",
             prefix + "the kernel could not allocate the ring; kernels before 5.12 "
-            "charge it to RLIMIT_MEMLOCK. Fix: raise the memlock limit "
-            "(`ulimit -l`, LimitMEMLOCK= for systemd, --ulimit memlock= for Docker).")
+            f"charge it to {_memlock_text()}, newer ones to the memory cgroup. "
+            "Fix: raise the memlock limit (`ulimit -l`, LimitMEMLOCK= for systemd, "
+            f"--ulimit memlock= for Docker), {_FALLBACK_HINT}.")
     return UringUnavailableError(
-        err, "other", prefix + f"io_uring_setup failed: {os.strerror(err)}.")
+        err, "other", prefix + f"{call} failed: {os.strerror(err)}. "
+        f"Run `python -m uringloop doctor` for details, {_FALLBACK_HINT}.")
 
 
 def _disabled_from_env() -> frozenset[str]:
@@ -272,6 +341,39 @@ def _create_ring(sq: int, cq: int, flags: int) -> tuple[Any, Any, int]:
     info = ffi.new("ul_info *")
     ret = lib.ul_ring_create(out, sq, cq, flags, REAP_CAPACITY, info)
     return out[0], info, ret
+
+
+def _too_old(what: str) -> UringUnavailableError:
+    return UringUnavailableError(
+        _errno.ENOSYS, "missing-feature",
+        f"io_uring is too old here: the kernel lacks {what}. uringloop needs "
+        "Linux 5.11 or newer (5.19+ recommended). Fix: upgrade the kernel, "
+        "or use uringloop.new_event_loop(fallback=True).")
+
+
+def _check_ring(ptr: Any, features: int, supported: Any) -> UringUnavailableError | None:
+    """Check a freshly created ring is one uringloop can drive; fill ``supported``.
+
+    Returns the refusal to raise, or None.  Besides the required feature
+    flags, both other io_uring syscalls are tried once: a seccomp profile may
+    allow io_uring_setup yet refuse io_uring_register or io_uring_enter, and
+    that must surface here, as a clear refusal, not as an OSError from the
+    first loop iteration.
+    """
+    missing = missing_required_features(features)
+    if missing:
+        return _too_old(", ".join(missing))
+    last = lib.ul_probe(ptr, supported, 256)
+    if last == -_errno.EINVAL:
+        return _too_old("IORING_REGISTER_PROBE")    # before 5.6
+    if last < 0:
+        return diagnose(-last, "io_uring_register")
+    # An enter with nothing to submit: 0, or EBADFD while the ring is still
+    # R_DISABLED (it is enabled by the thread that first runs the loop).
+    ret = lib.ul_run(ptr, 0, 1)
+    if ret < 0 and ret not in (-_errno.EBADFD, -_errno.EINTR):
+        return diagnose(-ret, "io_uring_enter")
+    return None
 
 
 def _probe_bufring(ptr: Any) -> bool:
@@ -326,9 +428,7 @@ class Ring:
 
     def _setup(self, sq: int, cq: int, disabled: frozenset[str]) -> tuple[Any, Any]:
         last_err = _errno.EINVAL
-        for flags, stands_for in _SETUP_LADDER:
-            if stands_for & disabled:
-                continue
+        for flags in _setup_attempts(disabled):
             ptr, info, ret = _create_ring(sq, cq, flags)
             if ret == 0:
                 return ptr, info
@@ -339,28 +439,24 @@ class Ring:
 
     def _probe(self, info: Any, disabled: frozenset[str]) -> Features:
         feats = info.features
-        missing = [n for bit, n in ((FEAT_NODROP, "NODROP"), (FEAT_EXT_ARG, "EXT_ARG"))
-                   if not feats & bit]
         supported = ffi.new("uint8_t[]", 256)
-        last = lib.ul_probe(self.ptr, supported, 256)
-        if missing or last < 0:
+        refusal = _check_ring(self.ptr, feats, supported)
+        if refusal is not None:
             lib.ul_ring_forget(self.ptr)
             self.ptr = ffi.NULL
-            what = ", ".join(missing) if missing else "IORING_REGISTER_PROBE"
-            raise UringUnavailableError(
-                _errno.ENOSYS, "missing-feature",
-                f"io_uring is too old here: the kernel lacks {what}. uringloop needs "
-                "Linux 5.11 or newer (5.19+ recommended). Fix: upgrade the kernel, "
-                "or use uringloop.new_event_loop(fallback=True).")
+            raise refusal
         ops = frozenset(name for code, name in OPCODE_NAMES.items() if supported[code])
         flags = info.setup_flags
         flag_names = frozenset(n for bit, n in SETUP_FLAG_NAMES.items() if flags & bit)
         kernel_names = frozenset(n for bit, n in FEATURE_NAMES.items() if feats & bit)
         buf_ring = "buf_ring" not in disabled and _probe_bufring(self.ptr)
-        # Multishot recv, multishot accept and multishot poll have no opcode of their
-        # own; they arrived with provided-buffer rings (5.19, 6.0) and MSG_RING (5.18):
-        # the SOCKET opcode (5.19) is the probe-visible marker of that generation.
+        # Multishot accept (5.19), multishot recv (6.0) and multishot poll (5.13)
+        # have no opcode of their own: the probe-visible marker of each kernel
+        # generation stands in for them -- the SOCKET opcode (5.19), the SEND_ZC
+        # opcode (6.0) and the RSRC_TAGS feature flag (5.13).
         gen_519 = "socket" in ops
+        gen_60 = "send_zc" in ops
+        gen_513 = bool(feats & FEAT_RSRC_TAGS)
         return Features(
             setup_flags=flag_names - {"R_DISABLED"},
             kernel_features=kernel_names,
@@ -371,10 +467,10 @@ class Ring:
             coop_taskrun="COOP_TASKRUN" in flag_names,
             submit_all="SUBMIT_ALL" in flag_names,
             registered_ring_fd="registered_ring_fd" not in disabled,
-            recv_multishot=buf_ring and gen_519 and "recv_multishot" not in disabled,
+            recv_multishot=buf_ring and gen_60 and "recv_multishot" not in disabled,
             accept_multishot=gen_519 and "accept_multishot" not in disabled,
             buf_ring=buf_ring,
-            poll_multishot="poll_multishot" not in disabled,
+            poll_multishot=gen_513 and "poll_multishot" not in disabled,
             waitid="waitid" in ops and "waitid" not in disabled,
             send_zc="send_zc" in ops and "send_zc" not in disabled,
             disabled=disabled,
@@ -389,10 +485,12 @@ class Ring:
         created disabled and enabled here, by the thread that runs the loop.
         The registered ring fd is per thread too.
         """
+        # Checked on every run, not only the first: a forked child inherits the
+        # owner thread's ident and must still be refused.
+        self.check_usable()
         tid = threading.get_ident()
         if self._owner_thread == tid:
             return
-        self.check_usable()
         if self._owner_thread is not None and self.features.defer_taskrun:
             raise RuntimeError(
                 "uringloop: this loop's io_uring was bound to another thread "
@@ -435,6 +533,9 @@ class Ring:
         return self._raise_for(lib.ul_run(self.ptr, timeout_ns, 1 if must_enter else 0))
 
     def stats(self) -> dict[str, int]:
+        # The counters live next to the ring mappings, which are gone after
+        # close() and after fork() (reading them would crash).
+        self.check_usable()
         st = ffi.new("ul_stats *")
         lib.ul_ring_stats(self.ptr, st)
         return {name: getattr(st, name) for name in (
@@ -461,9 +562,18 @@ class Ring:
         self.forked = True
 
     def close(self) -> None:
-        """Release the ring.  The caller has drained every operation."""
+        """Release the ring.  The caller has drained every operation.
+
+        In a forked child this only drops the child's copies; it never talks
+        to the kernel about the parent's ring.
+        """
         if self.closed:
             return
+        if not self.forked and self.pid != os.getpid():
+            # Forked without our at-fork hook (a raw fork() from C): the fd and
+            # mappings are still the parent's ring; unregistering a buffer ring
+            # through them would pull it from under the parent.
+            self._fork_reset()
         self.closed = True
         _live_rings.discard(self)
         if self.ptr == ffi.NULL:

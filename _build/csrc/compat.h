@@ -55,7 +55,7 @@
 #endif
 
 /* Opcodes appended after the 6.1 UAPI. */
-#define UL_OP_WAITID 51
+#define UL_OP_WAITID 50   /* 51 is IORING_OP_FUTEX_WAIT */
 #define UL_OP_LAST_KNOWN 64
 
 /* io_uring_register opcodes. */
