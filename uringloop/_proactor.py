@@ -91,13 +91,14 @@ class Op:
     final completion; subclasses add what their completion needs.
     """
 
-    __slots__ = ("ud", "keep", "cancelling", "multishot")
+    __slots__ = ("ud", "keep", "cancelling", "multishot", "callback")
 
     def __init__(self, keep: Any = None, multishot: bool = False) -> None:
         self.ud = 0
         self.keep = keep
         self.cancelling = False
         self.multishot = multishot
+        self.callback: Callable[[int, int], None] | None = None  # CallbackOp's shortcut
 
     def complete(self, res: int, flags: int) -> None:
         """Handle one CQE.  Called for every CQE, final or not."""
@@ -165,7 +166,7 @@ class CallbackOp(Op):
     Ownership: as :class:`Op`.
     """
 
-    __slots__ = ("callback", "on_discard")
+    __slots__ = ("on_discard",)
 
     def __init__(self, callback: Callable[[int, int], None], keep: Any = None,
                  multishot: bool = False,
@@ -213,6 +214,10 @@ class Proactor:
         self.sleeping = False
         self.closed = False
         self._sq_dirty = False   # SQEs prepared since the last submission
+        # CQEs taken off the ring and accounted for in Python, and whether a
+        # ul_run() is between its call and that accounting (see _recover_harvest).
+        self._harvested: int = ring.stats()["cqes_reaped"]
+        self._harvesting = False
         # The provided-buffer ring shared by every multishot receive of this loop,
         # created on first use.  ``recycle`` collects buffer ids handed back by
         # completions; they return to the kernel in one call per iteration.
@@ -375,6 +380,8 @@ class Proactor:
 
         Returns the harvested CQEs (16 bytes each) or None.
         """
+        if self._harvesting:
+            return self._recover_harvest()   # dispatched before anything new
         ops = self._ops
         if self.recycle:
             self._return_buffers()
@@ -397,13 +404,35 @@ class Proactor:
             if self._loop._ready:  # type: ignore[union-attr]
                 ns = 0
         self._sq_dirty = False
+        self._harvesting = True
         try:
             n = lib.ul_run(self._ptr, ns, must_enter)
         finally:
             self.sleeping = False
         if n <= 0:
+            self._harvesting = False
             if n < 0:
                 self._check_ret(n)
+            return None
+        data: bytes = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
+        self._harvested += n
+        self._harvesting = False
+        self._undispatched.append(data)
+        return data
+
+    def _recover_harvest(self) -> bytes | None:
+        """The CQEs of a ul_run() whose return was cut short, or None.
+
+        A signal handler that raises (Ctrl-C's KeyboardInterrupt) runs as soon
+        as ul_run() is back in Python, before its count is stored: what it took
+        off the ring is still in the reap array, and the ring's running total
+        says how much.  Must run before the next ul_run() reuses the array.
+        """
+        self._harvesting = False
+        total = self.ring.stats()["cqes_reaped"]
+        n = total - self._harvested
+        self._harvested = total
+        if n <= 0:
             return None
         data: bytes = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
         self._undispatched.append(data)
@@ -428,7 +457,11 @@ class Proactor:
             if not (flags & _CQE_F_MORE) or not op.multishot:
                 del ops[ud]
             try:
-                op.complete(res, flags)
+                callback = op.callback
+                if callback is not None:
+                    callback(res, flags)
+                else:
+                    op.complete(res, flags)
             except (SystemExit, KeyboardInterrupt):
                 rest = data[done * _CQE_SIZE:]
                 if rest:   # not lost: dispatched on the next iteration
@@ -479,6 +512,8 @@ class Proactor:
             return
         for op in list(self._ops.values()):
             op.abandon()
+        if self._harvesting:
+            self._recover_harvest()   # into _undispatched, discarded just below
         for data in self._undispatched:
             self._discard_cqes(data)
         self._undispatched.clear()

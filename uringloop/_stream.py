@@ -44,6 +44,8 @@ logger = logging.getLogger("asyncio")
 
 _F_BUFFER = _ring.CQE_F_BUFFER
 _F_MORE = _ring.CQE_F_MORE
+_F_DATA_MORE = _F_BUFFER | _F_MORE
+_unpack = ffi.unpack
 _OP_SEND = _ring.OP_SEND
 _OP_RECV = _ring.OP_RECV
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
@@ -98,6 +100,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._stash_eof = False
         self._drain_scheduled = False
         self._multishot = self._proactor.ensure_bufring()
+        self._buf_ptrs = self._proactor.buf_ptrs   # stable list objects: cached for
+        self._recycle = self._proactor.recycle     # the receive hot path
         self._rbuf: bytearray | None = None
         self._rbuf_c: Any = None
         # write side
@@ -139,7 +143,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     # -- protocol -------------------------------------------------------------
 
     def set_protocol(self, protocol: Any) -> None:
-        if isinstance(protocol, protocols.BufferedProtocol):
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        if self._buffered:
             self._deliver = self._deliver_buffered
         else:
             self._deliver = self._deliver_data
@@ -188,6 +193,22 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             self._proactor.cancel(op.ud)
 
     def _on_recv(self, res: int, flags: int) -> None:
+        # Hot path: a multishot completion with data, delivered at once.
+        if (flags & _F_DATA_MORE == _F_DATA_MORE and res > 0
+                and not (self._closing or self._paused or self._stash)):
+            bid = flags >> 16
+            data = _unpack(self._buf_ptrs[bid], res)
+            self._recycle.append(bid)
+            if self._buffered:
+                self._deliver_buffered(data)
+                return
+            try:
+                self._protocol.data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return
         if flags & _F_BUFFER:
             bid = flags >> 16
             data = ffi.unpack(self._proactor.buf_ptrs[bid], res)
