@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import select
 import socket
 from typing import Any
@@ -321,3 +322,96 @@ async def test_random_cancel_points_accept() -> None:
 
 def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
+
+
+@pytest.mark.asyncio
+async def test_random_cancel_points_sendall() -> None:
+    """sendall()s cancelled at random points while the peer reads slowly: the peer
+    receives, in order, a prefix of every chunk and nothing else."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(7)
+    a, b = await tcp_pair()
+    sizes = [rng.randrange(1, 200_000) for _ in range(120)]
+    fill = [bytes([1 + i % 251]) for i in range(len(sizes))]   # neighbours differ
+    completed: set[int] = set()
+    with a, b:
+        async def reader() -> bytes:
+            got = bytearray()
+            while True:
+                await _spin(rng.randrange(0, 3))
+                chunk = await loop.sock_recv(b, rng.choice([1000, 65536, 1 << 20]))
+                if not chunk:
+                    return bytes(got)
+                got += chunk
+
+        read_task = asyncio.ensure_future(reader())
+        cancels = 0
+        for i, (size, byte) in enumerate(zip(sizes, fill)):
+            task = asyncio.ensure_future(loop.sock_sendall(a, byte * size))
+            await _spin(rng.randrange(0, 5))
+            if rng.random() < 0.6 and task.cancel():
+                cancels += 1
+                try:
+                    await task
+                    completed.add(i)
+                except asyncio.CancelledError:
+                    pass
+            else:
+                await task
+                completed.add(i)
+        a.shutdown(socket.SHUT_WR)
+        got = await read_task
+        await assert_no_ops_in_flight()
+    assert cancels > 10
+    # Split into runs of equal bytes: each run is a prefix of one chunk, in order,
+    # and a sendall() that completed contributed all of its chunk.
+    runs: dict[int, int] = {}
+    index = 0
+    for match in re.finditer(rb"(.)\1*", got, re.S):
+        while fill[index] != match.group(1):
+            index += 1                          # chunks that sent nothing
+        runs[index] = len(match.group(0))
+        index += 1
+    for i, size in enumerate(sizes):
+        if i in completed:
+            assert runs.get(i) == size, i
+        else:
+            assert runs.get(i, 0) <= size, i      # a prefix (a late cancel may find it all sent)
+
+
+@pytest.mark.asyncio
+async def test_random_cancel_points_connect() -> None:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(5)
+    with socket.create_server(("127.0.0.1", 0), backlog=200) as lsock:
+        lsock.setblocking(False)
+        accepted: list[socket.socket] = []
+
+        async def acceptor() -> None:
+            while True:
+                conn, _ = await loop.sock_accept(lsock)
+                accepted.append(conn)
+
+        acc = asyncio.ensure_future(acceptor())
+        connected = 0
+        try:
+            for _ in range(100):
+                with socket.socket() as c:
+                    c.setblocking(False)
+                    task = asyncio.ensure_future(loop.sock_connect(c, lsock.getsockname()))
+                    await _spin(rng.randrange(0, 3))
+                    if task.cancel():
+                        with pytest.raises(asyncio.CancelledError):
+                            await task
+                    else:
+                        await task
+                        connected += 1
+                        await loop.sock_sendall(c, b"hi")
+        finally:
+            acc.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await acc
+            for s in accepted:
+                s.close()
+        assert len(accepted) >= connected
+        await assert_no_ops_in_flight()
