@@ -343,3 +343,65 @@ async def test_tls_many_concurrent_connections(tls: TLS) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_tls_peer_reset_mid_stream(tls: TLS) -> None:
+    from netutil import set_linger0
+    outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = 0
+        try:
+            while chunk := await reader.read(1 << 16):
+                got += len(chunk)
+            outcome.set_result(("eof", got))
+        except Exception as exc:  # noqa: BLE001 - the outcome is the point
+            outcome.set_result((type(exc), got))
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls.server)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls.client,
+                                                       server_hostname="localhost")
+        writer.write(pattern(1 << 20, seed=32))
+        await writer.drain()
+        set_linger0(writer.get_extra_info("socket"))
+        writer.transport.abort()               # no close_notify: a reset
+        kind, got = await outcome
+        assert kind is ConnectionResetError
+        assert got <= 1 << 20
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_sendfile_over_tls_uses_fallback(tls: TLS) -> None:
+    import tempfile
+    loop = asyncio.get_running_loop()
+    server = await _tls_echo_server(tls)
+    data = pattern(2 * 1024 * 1024 + 3, seed=33)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls.client,
+                                                       server_hostname="localhost")
+        with tempfile.TemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            f.seek(0)
+            echoed = asyncio.ensure_future(reader.readexactly(len(data)))
+            assert await loop.sendfile(writer.transport, f) == len(data)
+            assert await echoed == data
+            with pytest.raises(RuntimeError):   # TLS: no native path
+                await loop.sendfile(writer.transport, f, fallback=False)
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
