@@ -276,6 +276,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 if not self._closing:
                     self._stash.appendleft(bytes(view))
                 return
+            if view and not self._buffered:
+                # buffer_updated() called set_protocol() with a plain Protocol:
+                # the rest of this completion is the new protocol's.
+                self._deliver_data(bytes(view))
+                return
 
     def _eof_ready(self) -> None:
         if self._closing:

@@ -838,3 +838,41 @@ async def test_unix_transport_half_close() -> None:
         finally:
             server.close()
             await server.wait_closed()
+
+
+class SwitchingBuffered(asyncio.BufferedProtocol):
+    """Takes the first bytes, then hands the connection to another protocol."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.buf = bytearray(10)
+        self.data = bytearray()
+        self.successor: RecordingProtocol | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        assert self.successor is None, "get_buffer() after set_protocol()"
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buf[:nbytes]
+        self.successor = RecordingProtocol()
+        self.successor.connection_made(self.transport)
+        self.transport.set_protocol(self.successor)
+
+
+@pytest.mark.asyncio
+async def test_set_protocol_inside_buffer_updated() -> None:
+    loop = asyncio.get_running_loop()
+    transport, proto, peer = await transport_on(SwitchingBuffered)
+    data = pattern(100_000, seed=17)
+    with peer:
+        await loop.sock_sendall(peer, data)
+        peer.shutdown(socket.SHUT_WR)
+        while proto.successor is None:
+            await asyncio.sleep(0)
+        assert await proto.successor.lost is None
+        assert len(proto.data) == 10
+        assert bytes(proto.data + proto.successor.data) == data
