@@ -181,7 +181,7 @@ def _full_listener() -> tuple[socket.socket, list[socket.socket]]:
         except BlockingIOError:
             pass
         fillers.append(c)
-        _, writable, _ = select.select([], [c], [], 0.2)
+        _, writable, _ = select.select([], [c], [], 0.5)
         if not writable:          # this one is already pending: the queue is full
             break
     return lsock, fillers
