@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import select
 import socket
+import stat
 from asyncio import base_events, events
 from typing import Any, Callable
 
@@ -45,6 +47,16 @@ class _FdWatch:
         self.op: CallbackOp | None = None
         self.op_mask = 0
         self.pending = 0   # callbacks scheduled but not yet run
+
+
+def _check_pollable(fd: int) -> int:
+    """Refuse what epoll_ctl(EPOLL_CTL_ADD) refuses under stock asyncio: a closed fd
+    (EBADF), a regular file or a directory (EPERM).  A poll on those would not fail:
+    it would report them ready forever."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+    return fd
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -221,12 +233,12 @@ class SocketMethodsMixin:
     def add_reader(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
         """Call callback(*args) whenever fd is readable (level-triggered)."""
         self._ensure_fd_no_transport(fd)
-        self._add_reader(_fileobj_to_fd(fd), callback, *args)
+        self._add_reader(_check_pollable(_fileobj_to_fd(fd)), callback, *args)
 
     def add_writer(self, fd: Any, callback: Callable[..., Any], *args: Any) -> None:
         """Call callback(*args) whenever fd is writable (level-triggered)."""
         self._ensure_fd_no_transport(fd)
-        self._add_writer(_fileobj_to_fd(fd), callback, *args)
+        self._add_writer(_check_pollable(_fileobj_to_fd(fd)), callback, *args)
 
     def remove_reader(self, fd: Any) -> bool:
         """Stop watching fd for reading; True if a reader was registered."""
@@ -308,9 +320,15 @@ class SocketMethodsMixin:
         if res == -errno.ECANCELED or self.is_closed():
             self._arm_watch(watch)
             return
+        if res == -errno.EBADF:
+            # The fd was closed without remove_reader()/remove_writer().  epoll
+            # forgets a closed fd silently; so does this: no callback, no re-arm
+            # (re-arming would fail again at once, a busy loop).  The registration
+            # stays until it is removed or replaced.
+            return
         if res < 0:
-            # EBADF and friends: report as readable/writable so the callback sees
-            # the error from its own system call, as with epoll.
+            # Other errors: report as readable/writable so the callback sees
+            # the error from its own system call.
             revents = POLLIN | POLLOUT
         else:
             revents = res

@@ -4,6 +4,8 @@ readiness callbacks (on uringloop: single-shot ring polls re-armed per callback)
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 from typing import Any
 
@@ -195,4 +197,69 @@ async def test_many_readers() -> None:
         for a, b in pairs:
             a.close()
             b.close()
+    await assert_no_ops_in_flight()
+
+
+def _regular_file_fd() -> int:
+    import tempfile
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    return fd
+
+
+def _closed_fd() -> int:
+    s = socket.socket()
+    fd = s.fileno()
+    s.close()
+    return fd
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["closed", "regular-file", "directory"])
+@pytest.mark.parametrize("method", ["add_reader", "add_writer"])
+async def test_unpollable_fd_refused_as_stock(kind: str, method: str) -> None:
+    """Stock asyncio's epoll refuses these at registration (EBADF, EPERM); a ring
+    poll would not fail but report them ready forever."""
+    loop = asyncio.get_running_loop()
+    if kind == "closed":
+        fd, expected, close = _closed_fd(), OSError, False
+    elif kind == "regular-file":
+        fd, expected, close = _regular_file_fd(), PermissionError, True
+    else:
+        fd, expected, close = os.open("/", os.O_RDONLY), PermissionError, True
+    try:
+        with pytest.raises(expected) as info:
+            getattr(loop, method)(fd, lambda: None)
+        assert info.value.errno == (errno.EBADF if kind == "closed" else errno.EPERM)
+        assert loop.remove_reader(fd) is False and loop.remove_writer(fd) is False
+    finally:
+        if close:
+            os.close(fd)
+    await assert_no_ops_in_flight()
+
+
+@pytest.mark.asyncio
+async def test_fd_closed_without_remove_reader_goes_quiet() -> None:
+    """Closing a watched fd without remove_reader(): stock's epoll forgets it
+    silently; the callback must not be called again (nor fail in a loop)."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    calls = 0
+    fd = a.fileno()
+
+    def cb() -> None:
+        nonlocal calls
+        calls += 1
+        a.recv(10)
+        a.close()                             # no remove_reader()
+
+    with b:
+        loop.add_reader(fd, cb)
+        b.send(b"x")
+        await _spin(30)
+        assert calls == 1
+        await _spin(30)
+        assert calls == 1
+        loop.remove_reader(fd)
     await assert_no_ops_in_flight()
