@@ -528,3 +528,34 @@ async def test_server_closed_while_accept_retry_pending(monkeypatch: pytest.Monk
         # Divergence: stock's retry (one per failed accept) re-registers the
         # closed socket (fd -1): each reports a ValueError to the exception handler.
         assert late and all(type(ctx.get("exception")) is ValueError for ctx in late)
+
+
+@pytest.mark.asyncio
+async def test_happy_eyeballs_cancels_the_hanging_attempt() -> None:
+    """The first address never answers (its accept queue is full); after the delay
+    the second attempt wins and the first, still connecting, is cancelled."""
+    from test_sock_cancel import _full_listener
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hanging, fillers = _full_listener()
+    tcp = (socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+    _fake_getaddrinfo(loop, [(socket.AF_INET, *tcp, hanging.getsockname()),
+                             (socket.AF_INET, *tcp, ("127.0.0.1", port))])
+    try:
+        for _ in range(3):
+            ct, cp = await loop.create_connection(RecordingProtocol, "two.invalid", port,
+                                                  happy_eyeballs_delay=0.02)
+            assert ct.get_extra_info("peername") == ("127.0.0.1", port)
+            ct.write(b"won")
+            await cp.wait_bytes(3)
+            ct.close()
+            assert await cp.lost is None
+        await assert_no_ops_in_flight(allowed=1)     # the server's accept
+    finally:
+        del loop.getaddrinfo   # type: ignore[attr-defined]
+        hanging.close()
+        for f in fillers:
+            f.close()
+        server.close()
+        await server.wait_closed()
