@@ -29,6 +29,16 @@ from ._ring import ffi, lib
 
 logger = logging.getLogger("asyncio")
 
+# CPython's private classes reused here (pinned by tests/test_private_asyncio_api.py;
+# typeshed does not describe them, hence Any).
+_SelectorDatagramTransport: Any = \
+    selector_events._SelectorDatagramTransport  # type: ignore[attr-defined]
+_UnixReadPipeTransport: Any = unix_events._UnixReadPipeTransport  # type: ignore[attr-defined]
+_UnixWritePipeTransport: Any = unix_events._UnixWritePipeTransport  # type: ignore[attr-defined]
+_UnixSubprocessTransport: Any = unix_events._UnixSubprocessTransport  # type: ignore[attr-defined]
+_UnixLoop: Any = unix_events._UnixSelectorEventLoop
+_SelectorLoop: Any = selector_events.BaseSelectorEventLoop
+
 _P_PIDFD = 3
 _WEXITED = 4
 _CLD_EXITED = 1
@@ -47,16 +57,15 @@ class UnixMixin:
     def _make_datagram_transport(self, sock: socket.socket, protocol: Any, address: Any = None,
                                  waiter: Any = None, extra: Any = None) -> Any:
         self._ensure_fd_no_transport(sock)  # type: ignore[attr-defined]
-        return selector_events._SelectorDatagramTransport(
-            self, sock, protocol, address, waiter, extra)
+        return _SelectorDatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_read_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
                                   extra: Any = None) -> Any:
-        return unix_events._UnixReadPipeTransport(self, pipe, protocol, waiter, extra)
+        return _UnixReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_write_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
                                    extra: Any = None) -> Any:
-        return unix_events._UnixWritePipeTransport(self, pipe, protocol, waiter, extra)
+        return _UnixWritePipeTransport(self, pipe, protocol, waiter, extra)
 
     # -- Unix sockets -------------------------------------------------------------
 
@@ -72,18 +81,15 @@ class UnixMixin:
         except FileNotFoundError:
             pass
         except OSError as err:
-            unix_events.logger.error("Unable to clean up listening UNIX socket %r: %r",
-                                     path, err)
+            logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     # -- sendfile: os.sendfile (zero copy) driven by ring polls --------------------
 
-    _sock_sendfile_native = unix_events._UnixSelectorEventLoop._sock_sendfile_native
-    _sock_sendfile_native_impl = unix_events._UnixSelectorEventLoop._sock_sendfile_native_impl
-    _sock_sendfile_update_filepos = \
-        unix_events._UnixSelectorEventLoop._sock_sendfile_update_filepos
-    _sock_add_cancellation_callback = \
-        unix_events._UnixSelectorEventLoop._sock_add_cancellation_callback
-    _sendfile_native = selector_events.BaseSelectorEventLoop._sendfile_native
+    _sock_sendfile_native = _UnixLoop._sock_sendfile_native
+    _sock_sendfile_native_impl = _UnixLoop._sock_sendfile_native_impl
+    _sock_sendfile_update_filepos = _UnixLoop._sock_sendfile_update_filepos
+    _sock_add_cancellation_callback = _UnixLoop._sock_add_cancellation_callback
+    _sendfile_native = _SelectorLoop._sendfile_native
 
     # -- subprocesses ---------------------------------------------------------------
 
@@ -91,7 +97,7 @@ class UnixMixin:
                                          stdin: Any, stdout: Any, stderr: Any, bufsize: int,
                                          extra: Any = None, **kwargs: Any) -> Any:
         waiter = self.create_future()  # type: ignore[attr-defined]
-        transp = unix_events._UnixSubprocessTransport(
+        transp = _UnixSubprocessTransport(
             self, protocol, args, shell, stdin, stdout, stderr, bufsize,
             waiter=waiter, extra=extra, **kwargs)
         _ChildWatch(self, transp.get_pid(), transp).start()
@@ -113,7 +119,7 @@ class _ChildWatch:
     loop closes); the WAITID op owns the siginfo buffer it writes into.
     """
 
-    __slots__ = ("loop", "pid", "transp", "pidfd", "info", "op")
+    __slots__ = ("info", "loop", "op", "pid", "pidfd", "transp")
 
     def __init__(self, loop: Any, pid: int, transp: Any) -> None:
         self.loop = loop
@@ -128,7 +134,7 @@ class _ChildWatch:
             self.pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:
             # Already reaped by someone else: nothing to wait for.
-            self._exited(255)
+            self._unknown_child()
             return
         proactor: Proactor = self.loop._proactor
         if proactor.ring.features.waitid:
@@ -176,17 +182,26 @@ class _ChildWatch:
         self._exited(status if code == _CLD_EXITED else -status)
 
     def _on_poll(self, res: int, flags: int) -> None:
-        self._close_pidfd()
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
+            self._close_pidfd()
             self._unknown_child()
             return
-        if pid == 0:   # pidfd readable means exited; be safe anyway
-            returncode = 255
-        else:
-            returncode = os.waitstatus_to_exitcode(status)
-        self._exited(returncode)
+        if pid == 0 and res >= 0:
+            # Readable but not yet reapable: look again rather than invent a
+            # return code (the pidfd stays ours until the exit is seen).
+            self._arm_poll(self.loop._proactor)
+            return
+        if pid == 0:
+            # The poll itself failed: there is nothing left to wait with.
+            logger.error("Cannot watch child process pid %d (%s), "
+                         "will report returncode 255", self.pid, os.strerror(-res))
+            self._close_pidfd()
+            self._exited(255)
+            return
+        self._close_pidfd()
+        self._exited(os.waitstatus_to_exitcode(status))
 
     def _unknown_child(self) -> None:
         # Reaped by someone else (e.g. a foreign SIGCHLD handler), as stock asyncio.
