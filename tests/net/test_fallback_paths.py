@@ -59,9 +59,9 @@ def test_on_fallback_paths(fallback: str) -> None:
         contexts: list[dict[str, Any]] = []
         loop = uringloop.Loop(disable=disabled)
         assert disabled <= loop.features.disabled
-        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        loop.set_exception_handler(lambda lp, ctx, seen=contexts: seen.append(ctx))
         try:
-            with asyncio.Runner(loop_factory=lambda: loop) as runner:
+            with asyncio.Runner(loop_factory=lambda lp=loop: lp) as runner:
                 runner.run(case())
             in_flight = loop.statistics().ops_in_flight   # after close(), as the conftest
             assert in_flight == 0, f"{name}: {in_flight} ops in flight"

@@ -302,7 +302,7 @@ async def test_eof_while_paused_waits_for_resume() -> None:
 
 @pytest.mark.asyncio
 async def test_write_coalescing_and_writelines() -> None:
-    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop()
     transport, proto, peer = await transport_on()
     with peer:
         await proto.made
@@ -330,7 +330,7 @@ async def test_write_coalescing_and_writelines() -> None:
 async def test_written_buffers_may_be_mutated_at_once() -> None:
     """write() owns what it was given: mutating the caller's buffer afterwards,
     while the data is still queued, does not change what the peer receives."""
-    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop()
     transport, proto, peer = await transport_on()
     with peer:
         await proto.made
@@ -374,7 +374,7 @@ class FlowProtocol(RecordingProtocol):
 
 @pytest.mark.asyncio
 async def test_write_buffer_limits_and_flow_control() -> None:
-    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop()
     transport, proto, peer = await transport_on(FlowProtocol)
     with peer:
         await proto.made
@@ -789,7 +789,7 @@ async def test_pause_reading_in_connection_made() -> None:
 
 @pytest.mark.asyncio
 async def test_reset_while_paused_is_reported_on_resume() -> None:
-    loop = asyncio.get_running_loop()
+    asyncio.get_running_loop()
     transport, proto, peer = await transport_on()
     await proto.made
     transport.pause_reading()
