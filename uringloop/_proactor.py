@@ -518,8 +518,10 @@ class Proactor:
             self._discard_cqes(data)
         self._undispatched.clear()
         owner = ring.owner_thread
-        if owner is None:
-            # Never run: the ring was never enabled, nothing reached the kernel.
+        if owner is None and ring.features.defer_taskrun:
+            # Never run: the ring is still R_DISABLED, nothing reached the kernel.
+            # (Rings without SINGLE_ISSUER are live from the start: a flush()
+            # may have submitted work, so they drain below like any other.)
             self._ops.clear()
             self.closed = True
             ring.close()
