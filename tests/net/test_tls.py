@@ -405,3 +405,47 @@ async def test_sendfile_over_tls_uses_fallback(tls: TLS) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_connect_accepted_socket_tls_with_buffered_app_protocol(tls: TLS) -> None:
+    """Server side of TLS on an already accepted socket, feeding a BufferedProtocol."""
+    loop = asyncio.get_running_loop()
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf = bytearray(1000)
+            self.data = bytearray()
+            self.transport: Any = None
+            self.lost: asyncio.Future[Any] = loop.create_future()
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            return memoryview(self.buf)   # sslproto slices it: a bytearray would copy
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.data += self.buf[:nbytes]
+            if self.data.endswith(b"\n"):
+                self.transport.write(b"got %d\n" % len(self.data))
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        lsock.setblocking(False)
+        accept = asyncio.ensure_future(loop.sock_accept(lsock))
+        client = asyncio.ensure_future(asyncio.open_connection(
+            "127.0.0.1", lsock.getsockname()[1], ssl=tls.client, server_hostname="localhost"))
+        conn, _ = await accept
+        transport, proto = await loop.connect_accepted_socket(Buffered, conn, ssl=tls.server)
+        reader, writer = await client
+        payload = pattern(300_000, seed=34).replace(b"\n", b"_") + b"\n"
+        writer.write(payload)
+        assert await reader.readline() == b"got %d\n" % len(payload)
+        assert bytes(proto.data) == payload
+        _check_tls_extra(transport.get_extra_info, client_side=False)
+        writer.close()
+        await writer.wait_closed()
+        assert await proto.lost is None
