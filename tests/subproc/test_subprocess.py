@@ -65,6 +65,18 @@ def _assert_reaped(pid: int) -> None:
     assert not (ppid == os.getpid() and state == "Z"), status
 
 
+def _children() -> list[int] | None:
+    """This process's children, or None where /proc does not list them."""
+    kids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids += [int(pid) for pid in f.read().split()]
+    except FileNotFoundError:
+        return None
+    return kids
+
+
 def _pidfds() -> set[int]:
     fds = set()
     for name in os.listdir("/proc/self/fd"):
@@ -150,6 +162,26 @@ def test_communicate_large_input(run: Callable[..., Any]) -> None:
         out, err = await _guard(proc.communicate(data))
         assert out == data and err is None
         assert proc.returncode == 0
+
+    run(main())
+
+
+def test_cancelled_while_starting(run: Callable[..., Any]) -> None:
+    # create_subprocess_exec() cancelled after the fork, while its pipes are
+    # being connected: the child is killed and reaped before the
+    # cancellation propagates (CPython's error path, over our child watch).
+    async def main() -> None:
+        task = asyncio.create_task(asyncio.create_subprocess_exec(
+            SH, *SLEEPER, stdin=PIPE, stdout=PIPE, stderr=PIPE))
+        await asyncio.sleep(0)   # the first step forked and now awaits the pipes
+        children = _children()
+        if children is not None:
+            assert len(children) == 1, children
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await _guard(task)
+        with pytest.raises(ChildProcessError):   # no child left, not even a zombie
+            os.waitpid(-1, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
 
     run(main())
 
@@ -522,39 +554,40 @@ def test_uringloop_starts_no_threads(run: Callable[..., Any]) -> None:
 
 
 def test_loop_closed_while_child_runs(loop_factory: Callable[[], Any]) -> None:
-    # The loop closes while a child it watches is still running (killed by
-    # transport.close() but not yet seen to exit): the watch is dropped with
-    # the loop -- no op left in flight, no pidfd leaked (conftest checks) --
-    # and the child can still be reaped by someone else.
+    # The loop closes while a child it watches is still running: the watch is
+    # dropped with the loop -- no op left in flight, no pidfd leaked (conftest
+    # checks) -- and the child can still be killed and reaped afterwards.
     loop = loop_factory()
-    popen: Any = None
+    transport: Any = None
     pidfds_before = _pidfds()
     try:
-        async def start() -> None:
-            nonlocal popen
-            transport, _ = await loop.subprocess_exec(
-                asyncio.SubprocessProtocol, SH, *SLEEPER, stdin=None, stdout=None,
-                stderr=None)
-            popen = transport.get_extra_info("subprocess")
-            transport.close()   # SIGKILL; the exit is not awaited
+        async def start() -> Any:
+            tr, _ = await loop.subprocess_exec(
+                asyncio.SubprocessProtocol, SH, "-c", "exec sleep 60", stdin=None,
+                stdout=None, stderr=None)
+            return tr
 
-        loop.run_until_complete(asyncio.wait_for(start(), GUARD))
+        transport = loop.run_until_complete(asyncio.wait_for(start(), GUARD))
     finally:
-        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
-    leaked = _pidfds() - pidfds_before
-    if isinstance(loop, uringloop.Loop) or sys.version_info < (3, 12):
-        assert not leaked
-    else:
-        # DIVERGENCE (a CPython bug): stock 3.12+ watches children with
-        # PidfdChildWatcher, whose pidfd is closed only when the exit is seen;
-        # a loop closed before that leaks it.  Closed here so that the fd-leak
-        # check in conftest judges uringloop, not CPython.
-        assert len(leaked) == 1
-        for fd in leaked:
-            os.close(fd)
-    # Popen.wait() reaps it (or learns that a stock watcher thread did).
-    popen.wait(GUARD)
+    popen = transport.get_extra_info("subprocess")
+    try:
+        assert popen.poll() is None   # still running: its watch was pending at close
+        leaked = _pidfds() - pidfds_before
+        if isinstance(loop, uringloop.Loop) or sys.version_info < (3, 12):
+            assert not leaked
+        else:
+            # DIVERGENCE (a CPython bug): stock 3.12+ watches children with
+            # PidfdChildWatcher, whose pidfd is closed only when the exit is
+            # seen; a loop closed before that leaks it.  Closed here so that the
+            # fd-leak check in conftest judges uringloop, not CPython.
+            assert len(leaked) == 1
+            for fd in leaked:
+                os.close(fd)
+    finally:
+        transport.close()   # no loop needed: no pipes; SIGKILLs the child
+        # Popen.wait() reaps it (or learns that a stock watcher thread did).
+        popen.wait(GUARD)
     _assert_reaped(popen.pid)
 
 
