@@ -68,6 +68,13 @@ UD_IGNORE = 0
 BUF_GROUP = 0
 BUF_COUNT = 512
 BUF_SIZE = 32 * 1024
+# The provided-buffer group for datagram receives (multishot IORING_OP_RECVMSG,
+# see _datagram.py): each buffer holds an io_uring_recvmsg_out header, room for
+# a sockaddr_storage and the largest UDP payload (65527 bytes, IPv6).
+DGRAM_BUF_GROUP = 1
+DGRAM_BUF_COUNT = 64
+DGRAM_HEADROOM = 16 + 128
+DGRAM_BUF_SIZE = DGRAM_HEADROOM + 65536
 _CQE = struct.Struct("=QiI")
 _iter_cqes = _CQE.iter_unpack
 _CQE_SIZE = _CQE.size
@@ -222,9 +229,15 @@ class Proactor:
         # created on first use.  ``recycle`` collects buffer ids handed back by
         # completions; they return to the kernel in one call per iteration.
         self._undispatched: list[bytes] = []
+        # Listening socket -> its accept op's owner (uringloop._network._Acceptor).
+        self.acceptors: dict[Any, Any] = {}
         self.bufring: Any = None
         self.buf_ptrs: list[Any] = []
         self.recycle: list[int] = []
+        # The same for datagram receives (group DGRAM_BUF_GROUP), created on first use.
+        self.dgram_bufring: Any = None
+        self.dgram_buf_ptrs: list[Any] = []
+        self.dgram_recycle: list[int] = []
 
     def ensure_bufring(self) -> bool:
         """Create the buffer ring if the kernel supports multishot receive."""
@@ -236,6 +249,18 @@ class Proactor:
             self.buf_ptrs = [base + i * BUF_SIZE for i in range(BUF_COUNT)]
         return True
 
+    def ensure_dgram_bufring(self) -> bool:
+        """Create the datagram buffer ring if the kernel has multishot receive."""
+        if self.dgram_bufring is None:
+            features = self.ring.features
+            if not (features.recv_multishot and features.buf_ring) or self.closed:
+                return False
+            self.dgram_bufring = self.ring.create_bufring(
+                DGRAM_BUF_GROUP, DGRAM_BUF_COUNT, DGRAM_BUF_SIZE)
+            base = lib.ul_bufring_base(self.dgram_bufring)
+            self.dgram_buf_ptrs = [base + i * DGRAM_BUF_SIZE for i in range(DGRAM_BUF_COUNT)]
+        return True
+
     def _return_buffers(self) -> None:
         recycle = self.recycle
         lib.ul_bufring_recycle_many(self.bufring, recycle, len(recycle))
@@ -244,7 +269,7 @@ class Proactor:
     @property
     def buffers_lent(self) -> int:
         """Buffers the kernel filled that have not been handed back yet."""
-        return len(self.recycle)
+        return len(self.recycle) + len(self.dgram_recycle)
 
     def set_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -385,6 +410,10 @@ class Proactor:
         ops = self._ops
         if self.recycle:
             self._return_buffers()
+        if self.dgram_recycle:
+            dgram_recycle = self.dgram_recycle
+            lib.ul_bufring_recycle_many(self.dgram_bufring, dgram_recycle, len(dgram_recycle))
+            dgram_recycle.clear()
         # A passive op needs no enter while the loop is busy -- except the
         # self-pipe read when signal handlers are installed: their signal
         # numbers arrive through it, and a loop that never sleeps (a task

@@ -1,5 +1,9 @@
 """Datagrams, pipes, subprocesses, Unix sockets and sendfile for :class:`uringloop.Loop`.
 
+UDP datagrams use the ring-native transport of ``_datagram.py`` (multishot
+recvmsg) when the kernel has multishot receive and buffer rings; otherwise,
+and for Unix datagram sockets, CPython's transport below.
+
 These reuse CPython's own transports (``selector_events._SelectorDatagramTransport``,
 ``unix_events._UnixReadPipeTransport``/``_UnixWritePipeTransport``,
 ``unix_events._UnixSubprocessTransport``) and its ``create_unix_*`` and
@@ -23,7 +27,7 @@ import socket
 from asyncio import selector_events, unix_events
 from typing import Any
 
-from . import _ring
+from . import _datagram, _ring
 from ._proactor import CallbackOp, Proactor
 from ._ring import ffi, lib
 
@@ -57,6 +61,10 @@ class UnixMixin:
     def _make_datagram_transport(self, sock: socket.socket, protocol: Any, address: Any = None,
                                  waiter: Any = None, extra: Any = None) -> Any:
         self._ensure_fd_no_transport(sock)  # type: ignore[attr-defined]
+        if _datagram.supports(sock, self._proactor):
+            # UDP with multishot recvmsg + buffer rings: the ring-native transport.
+            return _datagram.UringDatagramTransport(self, sock, protocol, address,
+                                                    waiter, extra)
         return _SelectorDatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_read_pipe_transport(self, pipe: Any, protocol: Any, waiter: Any = None,
