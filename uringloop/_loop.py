@@ -45,6 +45,37 @@ __all__ = ["Loop", "LoopStatistics"]
 _SELF_PIPE_BUFSIZE = 4096
 
 
+class _SelfRead:
+    """The self-pipe's read end and the buffer its read fills.
+
+    Ownership: the read in flight (a passive op) holds ``sock`` and ``cbuf``
+    until its final CQE.
+    """
+
+    __slots__ = ("sock", "buf", "cbuf", "active")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.buf = bytearray(_SELF_PIPE_BUFSIZE)
+        self.cbuf = ffi.from_buffer(self.buf)
+        self.active = False
+
+
+_live_loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # BaseEventLoop calls _check_closed() first in call_soon, call_at,
+    # create_task, run_until_complete, run_forever...: in the child it now
+    # raises an error naming fork.  Shadowing it per instance keeps the parent's
+    # hot path free of any extra check (the ring's own hook reset the rings).
+    for loop in list(_live_loops):
+        loop._check_closed = loop._check_closed_after_fork  # type: ignore[method-assign]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopStatistics:
     """Counters for one loop (see :meth:`Loop.statistics`)."""
@@ -74,17 +105,19 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
         self._signal_handlers: dict[int, asyncio.Handle] = {}
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._watches: dict[int, Any] = {}
-        self._acceptors: dict[socket.socket, Any] = {}
         self._unix_server_sockets: dict[socket.socket, int] = {}
-        self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
-        self._self_reading = False
+        # Read state of the self-pipe, one object: every instance attribute
+        # counts, as CPython keeps instance dicts compact ("shared keys") only
+        # up to 30 attributes, and past that every self.x is a dict lookup.
+        self._self_read = _SelfRead()
         try:
             ring = _ring.Ring(sq_entries, cq_entries, disable)
         except BaseException:
             self._closed = True   # nothing to close; keep __del__ quiet
             raise
         self._proactor = Proactor(ring, self._watches)
+        _live_loops.add(self)
         self._selector = self._proactor  # BaseEventLoop._run_once calls select()
         self._proactor.set_loop(self)
         self._make_self_pipe()
@@ -174,15 +207,12 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
                 handle._run()
         handle = None  # break cycles when an exception occurs
 
-    def _check_closed(self) -> None:
-        # BaseEventLoop calls this first in call_soon, call_at, create_task,
-        # run_until_complete, run_forever, ...: after fork() the ring is the
-        # parent's, so the child gets an error naming fork, not a loop that
-        # half works.  Only a flag is read here (no getpid() on the hot path).
+    def _check_closed_after_fork(self) -> None:
+        # In a forked child the ring is the parent's: an error naming fork,
+        # not a loop that half works (installed by _after_fork_in_child).
         if self._closed:
             raise RuntimeError("Event loop is closed")
-        if self._proactor.ring.forked:
-            self._proactor.ring.check_usable()
+        self._proactor.ring.check_usable()
 
     def run_forever(self) -> None:
         if not self.is_closed() and not self.is_running():
@@ -202,7 +232,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
                           f"stage, skipping signal handlers removal",
                           ResourceWarning, source=self)
             self._signal_handlers.clear()
-        for acceptor in self._acceptors.values():
+        for acceptor in self._proactor.acceptors.values():
             acceptor.stopped = True   # connections completing now are closed
         self._close_self_pipe()   # drains and closes the ring too
         self._selector = None     # as CPython's loops: transports' repr reads it
@@ -230,34 +260,34 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     # -- self-pipe: cross-thread wakeups and signal numbers -------------------------
 
     def _make_self_pipe(self) -> None:
-        self._ssock, self._csock = socket.socketpair()
-        self._ssock.setblocking(False)
+        ssock, self._csock = socket.socketpair()
+        ssock.setblocking(False)
         self._csock.setblocking(False)
+        self._self_read.sock = ssock
         self._internal_fds += 1
-        self._self_buf = bytearray(_SELF_PIPE_BUFSIZE)
-        self._self_cbuf = ffi.from_buffer(self._self_buf)
-        self._self_reading = True
+        self._self_read.active = True
         self._arm_self_read()
 
     def _arm_self_read(self) -> None:
-        assert self._ssock is not None
-        self._proactor.read_into(self._ssock.fileno(), self._self_cbuf,
-                                 _SELF_PIPE_BUFSIZE, self._ssock,
+        ssock = self._self_read.sock
+        assert ssock is not None
+        self._proactor.read_into(ssock.fileno(), self._self_read.cbuf,
+                                 _SELF_PIPE_BUFSIZE, ssock,
                                  self._on_self_read, passive=True)
 
     def _on_self_read(self, res: int, flags: int) -> None:
         self._proactor._passive -= 1
         if res > 0:
-            self._process_self_data(bytes(self._self_buf[:res]))
-        if self._self_reading and res != 0:
+            self._process_self_data(bytes(self._self_read.buf[:res]))
+        if self._self_read.active and res != 0:
             self._arm_self_read()
 
     def _close_self_pipe(self) -> None:
         # The read in flight keeps the socket object alive until its final
         # CQE (Proactor.close cancels and reaps it); only then is it closed.
-        self._self_reading = False
-        ssock, csock = self._ssock, self._csock
-        self._ssock = self._csock = None
+        self._self_read.active = False
+        ssock, csock = self._self_read.sock, self._csock
+        self._self_read.sock = self._csock = None
         if csock is not None:
             csock.close()
         self._internal_fds -= 1

@@ -83,7 +83,7 @@ class _Acceptor:
     def resume(self) -> None:
         """Accept again after an out-of-resources pause, unless serving stopped meanwhile
         (a closed server's socket must not be re-armed: EBADF, re-armed forever)."""
-        if self.loop.is_closed() or self.loop._acceptors.get(self.sock) is not self:
+        if self.loop.is_closed() or self.loop._proactor.acceptors.get(self.sock) is not self:
             return
         self.stopped = False
         if self.op is None:
@@ -99,7 +99,6 @@ class NetworkMixin:
     """The BaseEventLoop transport hooks, on the ring."""
 
     _proactor: Proactor
-    _acceptors: dict[socket.socket, _Acceptor]
     _unix_server_sockets: dict[socket.socket, int]
 
     def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None,
@@ -126,19 +125,19 @@ class NetworkMixin:
                        ssl_shutdown_timeout: float | None = constants.SSL_SHUTDOWN_TIMEOUT,
                        ) -> None:
         self._check_closed()  # type: ignore[attr-defined]
-        old = self._acceptors.get(sock)
+        old = self._proactor.acceptors.get(sock)
         if old is not None and not old.stopped:
             return
         acceptor = _Acceptor(self, sock, (protocol_factory, sslcontext, server, backlog,
                                           ssl_handshake_timeout, ssl_shutdown_timeout))
-        self._acceptors[sock] = acceptor
+        self._proactor.acceptors[sock] = acceptor
         acceptor.arm()
 
     def _stop_serving(self, sock: socket.socket) -> None:
         unix_path = None
         if sock in self._unix_server_sockets:   # create_unix_server(cleanup_socket=True)
             unix_path = sock.getsockname()
-        acceptor = self._acceptors.pop(sock, None)
+        acceptor = self._proactor.acceptors.pop(sock, None)
         if acceptor is not None:
             acceptor.stop()
             self._proactor.flush()   # the kernel holds the file before the fd goes
