@@ -1,0 +1,1 @@
+"""Conformance: CPython's own test.test_asyncio suites run against uringloop."""
