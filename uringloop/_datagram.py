@@ -204,19 +204,24 @@ class UringDatagramTransport(_SelectorDatagramTransport):  # type: ignore[misc]
             if self._paused or self._stash:
                 self._stash.append((data, addr))
                 return
-            self._deliver(data, addr)
+            try:   # _deliver(), inlined on the hot path
+                self._protocol.datagram_received(data, addr)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - reported, as stock
+                self._report(exc)
             return
         if not flags & _F_MORE:
             self._recv_op = None
+            self._start_reading()   # re-armed first: the protocol may raise
         if res < 0 and res != _ECANCELED and res != _ENOBUFS and not self._closing:
             # e.g. ECONNREFUSED from an ICMP port unreachable: stock's recvfrom
             # raises it and the protocol's error_received gets it.
-            exc = os_error(res)
+            err = os_error(res)
             if self._paused or self._stash:
-                self._stash.append((None, exc))
+                self._stash.append((None, err))
             else:
-                self._deliver(None, exc)
-        self._start_reading()
+                self._deliver(None, err)
 
     def _deliver(self, data: bytes | None, addr: Any) -> None:
         try:
@@ -227,14 +232,17 @@ class UringDatagramTransport(_SelectorDatagramTransport):  # type: ignore[misc]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - reported, as stock
-            # Stock: the exception leaves the reader callback, and the loop
-            # reports it; the transport stays open.
-            self._loop.call_exception_handler({
-                "message": f"Exception in callback {type(self).__name__}._read_ready()",
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        # Stock: the exception leaves the reader callback, and the loop
+        # reports it; the transport stays open.
+        self._loop.call_exception_handler({
+            "message": f"Exception in callback {type(self).__name__}._read_ready()",
+            "exception": exc,
+            "transport": self,
+            "protocol": self._protocol,
+        })
 
     def pause_reading(self) -> None:
         if not self.is_reading():
