@@ -53,7 +53,6 @@ _exclude("test_events", NOT_A_SELECTOR_LOOP, [
 ])
 
 
-# Pending module (harness.PENDING_MODULES): ready for when it is switched on.
 _exclude("test_subprocess", NO_CHILD_WATCHER, [
     "GenericWatcherTests.test_create_subprocess_fails_with_inactive_watcher",
 ])

@@ -74,7 +74,7 @@ _SELECTOR_SIBLINGS = frozenset({"KqueueEventLoopTests", "PollEventLoopTests",
 MIRRORS: dict[str, Mirror] = {
     "test_events": Mirror("EPollEventLoopTests", "create_event_loop",
                           "ConformanceEventLoopTests", _SELECTOR_SIBLINGS),
-    # The network suites (harness.PENDING_MODULES); the others among them get
+    # The network suites; the others among them get
     # their loops from the default policy.
     "test_sock_lowlevel": Mirror("EPollEventLoopTests", "create_event_loop",
                                  "ConformanceSockTests", _SELECTOR_SIBLINGS),
