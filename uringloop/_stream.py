@@ -46,6 +46,7 @@ _F_BUFFER = _ring.CQE_F_BUFFER
 _F_MORE = _ring.CQE_F_MORE
 _F_DATA_MORE = _F_BUFFER | _F_MORE
 _unpack = ffi.unpack
+_memmove = ffi.memmove
 _OP_SEND = _ring.OP_SEND
 _OP_RECV = _ring.OP_RECV
 _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
@@ -197,11 +198,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         if (flags & _F_DATA_MORE == _F_DATA_MORE and res > 0
                 and not (self._closing or self._paused or self._stash)):
             bid = flags >> 16
-            data = _unpack(self._buf_ptrs[bid], res)
-            self._recycle.append(bid)
+            self._recycle.append(bid)   # returned to the kernel next iteration
             if self._buffered:
-                self._deliver_buffered(data)
+                self._deliver_ring_buffered(self._buf_ptrs[bid], res)
                 return
+            data = _unpack(self._buf_ptrs[bid], res)
             try:
                 self._protocol.data_received(data)
             except (SystemExit, KeyboardInterrupt):
@@ -246,14 +247,45 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
-    def _deliver_buffered(self, data: bytes) -> None:
+    def _deliver_ring_buffered(self, ptr: Any, nbytes: int) -> None:
+        """BufferedProtocol hot path: copy straight from the ring buffer.
+
+        One copy (kernel buffer -> protocol buffer) instead of two, when the
+        protocol's buffer takes the whole completion; otherwise the general
+        piece-by-piece path below, which honours a pause between pieces.
+        """
+        protocol = self._protocol
+        try:
+            buf = protocol.get_buffer(-1)
+            room = memoryview(buf).nbytes
+            if not room:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return
+        if room < nbytes:
+            self._deliver_buffered(_unpack(ptr, nbytes), buf)
+            return
+        try:
+            _memmove(buf, ptr, nbytes)
+            protocol.buffer_updated(nbytes)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+
+    def _deliver_buffered(self, data: bytes, buf: Any = None) -> None:
         # One completion may hold more than the protocol's buffer: feed it piece
         # by piece, and stop as soon as the protocol pauses reading or closes,
         # as stock's recv_into() would (the rest waits, oldest first, in the stash).
+        # ``buf``: a buffer get_buffer() already returned for the first piece.
         view = memoryview(data)
         while view:
             try:
-                buf = self._protocol.get_buffer(-1)
+                if buf is None:
+                    buf = self._protocol.get_buffer(-1)
                 if not len(buf):
                     raise RuntimeError("get_buffer() returned an empty buffer")
             except (SystemExit, KeyboardInterrupt):
@@ -263,6 +295,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 return
             try:
                 target = memoryview(buf).cast("B")
+                buf = None
                 n = min(len(target), len(view))
                 target[:n] = view[:n]
                 self._protocol.buffer_updated(n)
