@@ -73,6 +73,11 @@ ATTRIBUTES = [
     (constants, "_SendfileMode"),
     (trsock, "TransportSocket"),
     (selector_events, "_SelectorDatagramTransport"),
+    # uringloop._datagram.UringDatagramTransport subclasses it and relies on:
+    (selector_events._SelectorTransport, "_add_reader"),
+    (selector_events._SelectorTransport, "_force_close"),
+    (selector_events._SelectorTransport, "_call_connection_lost"),
+    (selector_events._SelectorDatagramTransport, "_sendto_ready"),
     (selector_events, "_test_selector_event"),
     (unix_events, "_UnixReadPipeTransport"),
     (unix_events, "_UnixWritePipeTransport"),
@@ -137,3 +142,21 @@ def test_loop_instance_dict_stays_compact() -> None:
         assert len(vars(loop)) <= 29, sorted(vars(loop))
     finally:
         loop.close()
+
+
+def test_selector_transport_state_attributes() -> None:
+    # UringDatagramTransport reads these instance attributes of CPython's
+    # _SelectorTransport (set in its __init__).
+    import socket
+
+    loop = uringloop.Loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        tr = selector_events._SelectorDatagramTransport(loop, sock, asyncio.DatagramProtocol())
+        for name in ("_paused", "_closing", "_conn_lost", "_sock", "_sock_fd", "_protocol"):
+            assert hasattr(tr, name), name
+        tr.close()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+        sock.close()
