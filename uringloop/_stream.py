@@ -55,6 +55,26 @@ _ENOBUFS = -errno.ENOBUFS
 _FALLBACK_RECV_SIZE = 256 * 1024
 
 
+def _set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on every TCP stream socket, as stock asyncio intends.
+
+    asyncio.base_events._set_nodelay() only acts when ``sock.proto`` is
+    IPPROTO_TCP, so a connection accepted from a listener created as
+    ``socket(AF_INET, SOCK_STREAM)`` (proto 0) keeps Nagle on under stock
+    asyncio.  Our receives deliver at most one 32 KiB provided buffer per
+    completion, so an echo of a large message goes out as several writes, and
+    with Nagle on the last short segment waits for the peer's delayed ACK
+    (measured: 40 ms stalls, 10-20x fewer requests/s at 100 KiB).  uvloop sets
+    TCP_NODELAY on every TCP transport too.
+    """
+    if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+            and sock.proto in (0, socket.IPPROTO_TCP)):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass   # e.g. a socket already shut down: nothing to tune
+
+
 class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     """Transport over a connected stream socket, driven by ring completions.
 
@@ -113,7 +133,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         if server is not None:
             server._attach(self) if _ATTACH_TAKES_TRANSPORT else server._attach()
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
+        _set_nodelay(sock)
         loop.call_soon(self._protocol.connection_made, self)
         loop.call_soon(self._start_reading)   # only after connection_made()
         if waiter is not None:

@@ -876,3 +876,43 @@ async def test_set_protocol_inside_buffer_updated() -> None:
         assert await proto.successor.lost is None
         assert len(proto.data) == 10
         assert bytes(proto.data + proto.successor.data) == data
+
+
+@pytest.mark.asyncio
+async def test_nodelay_on_connections_accepted_from_a_proto0_listener() -> None:
+    # A listener made as socket(AF_INET, SOCK_STREAM) has proto 0, and so do the
+    # sockets accepted from it; stock asyncio's _set_nodelay() then leaves Nagle
+    # on (its check wants proto == IPPROTO_TCP).  uringloop sets TCP_NODELAY on
+    # every TCP stream transport, as uvloop does: its receives come in 32 KiB
+    # pieces, and with Nagle a large echo stalls on delayed ACKs.  Divergence
+    # from stock: asserted per loop.
+    import uringloop
+
+    loop = asyncio.get_running_loop()
+    accepted: list[Any] = []
+
+    def factory() -> RecordingProtocol:
+        p = RecordingProtocol()
+        accepted.append(p)
+        return p
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    assert listener.proto == 0
+    server = await loop.create_server(factory, sock=listener)
+    try:
+        ct, cp = await loop.create_connection(RecordingProtocol, *listener.getsockname())
+        while not accepted:
+            await asyncio.sleep(0)
+        await accepted[0].made
+        sock = accepted[0].transport.get_extra_info("socket")
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert nodelay is isinstance(loop, uringloop.Loop)
+        ct.close()
+        assert await cp.lost is None
+        assert await accepted[0].lost is None
+    finally:
+        server.close()
+        await server.wait_closed()
