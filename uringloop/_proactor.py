@@ -67,7 +67,7 @@ UD_IGNORE = 0
 # bytes (virtual memory; pages are touched only as data arrives).
 BUF_GROUP = 0
 BUF_COUNT = 512
-BUF_SIZE = 32 * 1024
+BUF_SIZE = 64 * 1024
 # The provided-buffer group for datagram receives (multishot IORING_OP_RECVMSG,
 # see _datagram.py): each buffer holds an io_uring_recvmsg_out header, room for
 # a sockaddr_storage and the largest UDP payload (65527 bytes, IPv6).

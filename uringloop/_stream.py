@@ -61,7 +61,7 @@ def _set_nodelay(sock: socket.socket) -> None:
     asyncio.base_events._set_nodelay() only acts when ``sock.proto`` is
     IPPROTO_TCP, so a connection accepted from a listener created as
     ``socket(AF_INET, SOCK_STREAM)`` (proto 0) keeps Nagle on under stock
-    asyncio.  Our receives deliver at most one 32 KiB provided buffer per
+    asyncio.  Our receives deliver at most one 64 KiB provided buffer per
     completion, so an echo of a large message goes out as several writes, and
     with Nagle on the last short segment waits for the peer's delayed ACK
     (measured: 40 ms stalls, 10-20x fewer requests/s at 100 KiB).  uvloop sets
