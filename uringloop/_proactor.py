@@ -505,15 +505,21 @@ class Proactor:
                     "exception": exc,
                 })
 
-    def get_key(self, fd: int) -> Any:
+    def get_key(self, fd: Any) -> Any:
         """selectors-style lookup of the fd's add_reader/add_writer registration.
 
         CPython's selector and pipe transports call this (through
         ``selector_events._test_selector_event``) in their ``__repr__``.
         """
+        key = fd
+        if not isinstance(fd, int):   # selectors accept file objects too
+            try:
+                fd = int(fd.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {key!r}") from None
         watch = self._watches.get(fd)
         if watch is None:
-            raise KeyError(fd)
+            raise KeyError(key)
         events = (1 if watch.reader is not None else 0) | (2 if watch.writer is not None else 0)
         return selectors.SelectorKey(fd, fd, events, (watch.reader, watch.writer))
 

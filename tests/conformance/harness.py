@@ -62,6 +62,7 @@ MODULES: dict[str, tuple[int, int]] = {
     "test_ssl": (3, 11),
     "test_sslproto": (3, 11),
     "test_subprocess": (3, 11),
+    "test_unix_events": (3, 11),
 }
 
 #: Suites not yet enforced (none at the moment): move into MODULES when their
