@@ -332,13 +332,6 @@ class Proactor:
             # be retried on close; the op keeps its references meanwhile.
             op.cancelling = False
 
-    def nop(self) -> OpFuture:
-        fut = self.new_future()
-        op = FutureOp(fut, None)
-        ud = self.register(op)
-        self.submit_prepared(op, lib.ul_prep_nop(self._ptr, ud))
-        return self.future_op(op)
-
     def poll(self, fd: int, mask: int) -> OpFuture:
         """Wait until fd is ready for mask (POLLIN/POLLOUT); result: revents."""
         fut = self.new_future()
