@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import select
 import socket
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from typing import Any
@@ -53,6 +54,8 @@ _MSG_NOSIGNAL = socket.MSG_NOSIGNAL
 _ECANCELED = -errno.ECANCELED
 _ENOBUFS = -errno.ENOBUFS
 _FALLBACK_RECV_SIZE = 256 * 1024
+_POLLIN = select.POLLIN | select.POLLRDHUP
+_POLL_END = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -121,6 +124,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._stash_eof = False
         self._drain_scheduled = False
         self._multishot = self._proactor.ensure_bufring()
+        self._poll_multishot = self._proactor.ring.features.poll_multishot
         self._buf_ptrs = self._proactor.buf_ptrs   # stable list objects: cached for
         self._recycle = self._proactor.recycle     # the receive hot path
         self._rbuf: bytearray | None = None
@@ -193,7 +197,13 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def _arm_recv(self) -> None:
         proactor = self._proactor
-        if self._multishot:
+        if self._buffered and self._poll_multishot:
+            # BufferedProtocol: wait for readiness, then recv_into() the
+            # protocol's own buffer (see _on_readable).
+            op = CallbackOp(self._on_readable, self._sock, multishot=True)
+            ud = proactor.register(op)
+            ret = lib.ul_prep_poll(proactor._ptr, self._sock_fd, _POLLIN, 1, ud)
+        elif self._multishot:
             op = CallbackOp(self._on_recv, self._sock, multishot=True)
             ud = proactor.register(op)
             ret = lib.ul_prep_recv_multishot(proactor._ptr, self._sock_fd, BUF_GROUP, 0, ud)
@@ -258,6 +268,94 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         if self._recv_op is None and self._want_read() and not self._stash:
             self._arm_recv()
+
+    def _on_readable(self, res: int, flags: int) -> None:
+        """A multishot POLLIN completion: read into the protocol's buffer.
+
+        The BufferedProtocol receive path.  Readiness, not data, comes from
+        the ring, and the bytes go from the socket straight into the buffer
+        get_buffer() returns -- one copy, into memory the protocol reuses, as
+        stock asyncio's recv_into() path.  (A provided-buffer receive costs a
+        second copy, out of a buffer that has gone cold in the ring's
+        rotation: measured 25% more CPU per 100 KiB echo.)  Nothing is
+        consumed until the protocol is asked for a buffer, so pausing or
+        closing never strands received bytes.
+
+        Reads until a short read: the poll is edge-triggered (each arrival
+        after the mask in ``res`` was taken posts a completion of its own), so
+        a full buffer is followed by another read at once.  Once the mask
+        says the peer shut down (RDHUP/HUP/ERR) no arrival will post again:
+        read on to EOF, an error or EAGAIN.
+        """
+        if not flags & _F_MORE:
+            self._recv_op = None
+        if res < 0:
+            if res != _ECANCELED and not self._closing:
+                self._fatal_error(os_error(res), "Fatal read error on socket transport")
+                return
+        else:
+            sock = self._sock
+            while not (self._paused or self._closing or self._stash):
+                if not self._buffered:
+                    # set_protocol() switched to a plain Protocol.
+                    try:
+                        data = sock.recv(_FALLBACK_RECV_SIZE)  # type: ignore[union-attr]
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self._fatal_error(exc, "Fatal read error on socket transport")
+                        return
+                    if not data:
+                        self._readable_eof()
+                        return
+                    self._deliver_data(data)
+                    if len(data) < _FALLBACK_RECV_SIZE and not res & _POLL_END:
+                        break
+                    continue
+                protocol = self._protocol
+                try:
+                    buf = protocol.get_buffer(-1)
+                    t = type(buf)
+                    room = (buf.nbytes if t is memoryview else
+                            len(buf) if t is bytearray else memoryview(buf).nbytes)
+                    if not room:
+                        raise RuntimeError("get_buffer() returned an empty buffer")
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                    return
+                try:
+                    n = sock.recv_into(buf)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    break
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal read error on socket transport")
+                    return
+                if not n:
+                    self._readable_eof()
+                    return
+                try:
+                    protocol.buffer_updated(n)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                    return
+                if n < room and not res & _POLL_END:
+                    break   # drained: the next arrival posts a new completion
+        if self._recv_op is None and self._want_read() and not self._stash:
+            self._arm_recv()
+
+    def _readable_eof(self) -> None:
+        # As stock's _read_ready__on_eof(): the protocol hears at once.
+        self._read_eof = True
+        self._stop_reading()
+        self._eof_ready()
 
     def _deliver_data(self, data: bytes) -> None:
         try:

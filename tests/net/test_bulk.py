@@ -122,9 +122,12 @@ async def test_64mib_both_ways_streams(payloads: tuple[bytes, bytes]) -> None:
     results: dict[str, Any] = {}
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _, results["server"] = await asyncio.gather(send(writer, down), receive(reader))
+        _, server_got = await asyncio.gather(send(writer, down), receive(reader))
         writer.close()
         await writer.wait_closed()
+        # Set last: the test must not end while this task still runs (3.11's
+        # start_server done-callback raises CancelledError for a cancelled task).
+        results["server"] = server_got
 
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     try:
