@@ -31,11 +31,38 @@ def _compile_args() -> list[str]:
     return args
 
 
+# cffi releases the GIL around every call it generates.  For the ring's
+# calls that is pure cost: they never block (preparing an SQE, recycling a
+# buffer) -- except ul_run() with a timeout, which sleeps in io_uring_enter.
+# So the generated wrappers keep the GIL, and ul_run() releases it itself,
+# only when it may sleep.  (Measured: ~4% of the user instructions of a
+# 1 KiB echo round trip went to the GIL hand-offs of the non-blocking calls.)
+_PREAMBLE = r"""
+#include "ul_ring.h"
+
+static int ul_run_releasing(ul_ring *r, int64_t timeout_ns, int must_enter)
+{
+    if (timeout_ns == 0)
+        return ul_run(r, timeout_ns, must_enter);
+    int ret;
+    Py_BEGIN_ALLOW_THREADS
+    ret = ul_run(r, timeout_ns, must_enter);
+    Py_END_ALLOW_THREADS
+    return ret;
+}
+#define ul_run(r, t, m) ul_run_releasing(r, t, m)
+
+#undef Py_BEGIN_ALLOW_THREADS
+#undef Py_END_ALLOW_THREADS
+#define Py_BEGIN_ALLOW_THREADS {
+#define Py_END_ALLOW_THREADS }
+"""
+
 ffibuilder = cffi.FFI()
 ffibuilder.cdef((HERE / "cdef.h").read_text())
 ffibuilder.set_source(
     "uringloop._ring_cffi",
-    '#include "ul_ring.h"\n',
+    _PREAMBLE,
     # Relative to the project root: setuptools refuses absolute source paths.
     sources=[os.path.relpath(CSRC / "ring.c", HERE.parent)],
     include_dirs=[str(CSRC)],
