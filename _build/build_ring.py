@@ -52,6 +52,19 @@ static int ul_run_releasing(ul_ring *r, int64_t timeout_ns, int must_enter)
 }
 #define ul_run(r, t, m) ul_run_releasing(r, t, m)
 
+static int ul_run_recycle_releasing(ul_ring *r, int64_t timeout_ns, int must_enter,
+                                    ul_bufring *br, const uint16_t *bids, unsigned n)
+{
+    if (timeout_ns == 0)
+        return ul_run_recycle(r, timeout_ns, must_enter, br, bids, n);
+    int ret;
+    Py_BEGIN_ALLOW_THREADS
+    ret = ul_run_recycle(r, timeout_ns, must_enter, br, bids, n);
+    Py_END_ALLOW_THREADS
+    return ret;
+}
+#define ul_run_recycle(r, t, m, b, p, n) ul_run_recycle_releasing(r, t, m, b, p, n)
+
 #undef Py_BEGIN_ALLOW_THREADS
 #undef Py_END_ALLOW_THREADS
 #define Py_BEGIN_ALLOW_THREADS {

@@ -47,6 +47,8 @@ int ul_probe(ul_ring *r, uint8_t *supported, unsigned n);
 
 int ul_submit(ul_ring *r);
 int ul_run(ul_ring *r, int64_t timeout_ns, int must_enter);
+int ul_run_recycle(ul_ring *r, int64_t timeout_ns, int must_enter,
+                   ul_bufring *br, const uint16_t *bids, unsigned n);
 int ul_reap(ul_ring *r);
 
 int ul_prep_nop(ul_ring *r, uint64_t ud);

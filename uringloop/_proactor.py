@@ -401,8 +401,6 @@ class Proactor:
         if self._harvesting:
             return self._recover_harvest()   # dispatched before anything new
         ops = self._ops
-        if self.recycle:
-            self._return_buffers()
         if self.dgram_recycle:
             dgram_recycle = self.dgram_recycle
             lib.ul_bufring_recycle_many(self.dgram_bufring, dgram_recycle, len(dgram_recycle))
@@ -414,9 +412,12 @@ class Proactor:
         must_enter = self._must_enter and (
             len(ops) > self._passive
             or bool(self._loop._signal_handlers))  # type: ignore[union-attr]
+        recycle = self.recycle
         if not ns and not must_enter and not self._sq_dirty and self._must_enter:
             # Busy loop, nothing to submit, and under DEFER_TASKRUN no completion
             # can appear without an enter: skip the call altogether.
+            if recycle:
+                self._return_buffers()
             return None
         if ns:
             # Tell call_soon_threadsafe() we may sleep, then look once more: a
@@ -428,7 +429,13 @@ class Proactor:
         self._sq_dirty = False
         self._harvesting = True
         try:
-            n = lib.ul_run(self._ptr, ns, must_enter)
+            if recycle:
+                # Receive buffers go back to the kernel in the same call.
+                n = lib.ul_run_recycle(self._ptr, ns, must_enter, self.bufring,
+                                       recycle, len(recycle))
+                recycle.clear()
+            else:
+                n = lib.ul_run(self._ptr, ns, must_enter)
         finally:
             self.sleeping = False
         if n <= 0:

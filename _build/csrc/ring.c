@@ -762,6 +762,14 @@ void ul_bufring_recycle_many(ul_bufring *b, const uint16_t *bids, unsigned n)
     UL_STORE_RELEASE(&b->br->tail, b->tail);
 }
 
+int ul_run_recycle(ul_ring *r, int64_t timeout_ns, int must_enter,
+                   ul_bufring *br, const uint16_t *bids, unsigned n)
+{
+    if (n && br)
+        ul_bufring_recycle_many(br, bids, n);
+    return ul_run(r, timeout_ns, must_enter);
+}
+
 char *ul_bufring_base(ul_bufring *b)
 {
     return b->mem;

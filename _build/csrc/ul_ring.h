@@ -74,6 +74,10 @@ int ul_probe(ul_ring *r, uint8_t *supported, unsigned n);
 /* Submission and completion. */
 int ul_submit(ul_ring *r);               /* submit pending, never wait */
 int ul_run(ul_ring *r, int64_t timeout_ns, int must_enter);
+/* ul_bufring_recycle_many(br, bids, n) (if n), then ul_run(): one call per
+ * loop iteration for both. */
+int ul_run_recycle(ul_ring *r, int64_t timeout_ns, int must_enter,
+                   ul_bufring *br, const uint16_t *bids, unsigned n);
 int ul_reap(ul_ring *r);                 /* harvest without entering */
 
 /* SQE preparation: each fills one complete SQE; -EBUSY if the SQ stays full. */
