@@ -5,7 +5,10 @@
 :class:`GunicornWebWorker` is aiohttp's ``aiohttp.worker.GunicornWebWorker``
 (the same one ``GunicornUVLoopWebWorker`` builds on) with one change: each
 worker process, after gunicorn forks it, creates its own uringloop loop -- its
-own io_uring ring -- with :func:`uringloop.new_event_loop`.  Everything else
+own io_uring ring -- with :func:`uringloop.new_event_loop`'s settings, except
+that accepts are single-shot (``accept_multishot`` off: with one multishot
+accept per worker on the shared listening socket, one worker would get every
+connection).  Everything else
 (the application or async factory gunicorn loads, graceful shutdown on SIGTERM,
 ``--max-requests``, access logs, TLS options) is aiohttp's.
 
@@ -29,6 +32,13 @@ __all__ = ["GunicornWebWorker"]
 
 _worker_class: type | None = None
 
+# Every gunicorn worker accepts on the same listening socket.  A multishot
+# accept keeps the kernel's exclusive wait entry of one ring armed, so that
+# ring would be woken for every connection and the other workers for none
+# (tests/integrations/test_shared_listener.py); single-shot accepts, re-armed
+# after each connection, spread them as epoll does.
+_SHARED_LISTENER_DISABLE = frozenset({"accept_multishot"})
+
 
 def _build() -> type:
     try:
@@ -39,7 +49,7 @@ def _build() -> type:
             "uringloop.worker.GunicornWebWorker needs gunicorn and aiohttp "
             f"(pip install gunicorn aiohttp): {exc}") from exc
 
-    from . import new_event_loop
+    from . import Loop, UringUnavailableError, new_event_loop
 
     class GunicornWebWorker(aiohttp.worker.GunicornWebWorker):  # type: ignore[misc]
         """aiohttp's gunicorn worker, running each worker process on its own uringloop."""
@@ -53,7 +63,10 @@ def _build() -> type:
             # aiohttp's init_process would close the current loop and make a
             # stock one; make ours instead (after the fork: one ring per worker)
             # and go straight to gunicorn's, which then calls run().
-            self.loop = new_event_loop()
+            try:
+                self.loop = Loop(disable=_SHARED_LISTENER_DISABLE)
+            except UringUnavailableError:
+                self.loop = new_event_loop()    # raises, or falls back if asked to
             asyncio.set_event_loop(self.loop)
             base.Worker.init_process(self)
 
