@@ -254,3 +254,36 @@ def test_uds(app_dir: Path) -> None:
         assert head.startswith(b"HTTP/1.1 200"), data
         assert json.loads(body)["module"] == "uringloop._loop"
         stop_gracefully(proc, "uringloop._loop")
+
+
+def test_workers_share_the_port(app_dir: Path) -> None:
+    """`uvicorn --workers 2 --loop uringloop:new_event_loop`, with accept_multishot
+    off as docs/operations.md says for pre-fork servers: both workers serve,
+    each on its own uringloop (see test_shared_listener.py for why)."""
+    from concurrent.futures import ThreadPoolExecutor
+    for attempt in range(5):
+        port = free_port()
+        with spawn(uvicorn_args(URINGLOOP, "--host", HOST, "--port", str(port), "--workers", "2"),
+                   cwd=app_dir, env={"URINGLOOP_DISABLE": "accept_multishot"}) as proc:
+            try:
+                wait_ready(proc, port)
+            except pytest.fail.Exception:
+                if not proc.alive() and "already in use" in proc.output():
+                    continue
+                raise
+            seen: dict[int, str] = {}
+            deadline = time.monotonic() + START_GUARD
+            with ThreadPoolExecutor(4) as pool:
+                while len(seen) < 2 and time.monotonic() < deadline:
+                    for info in pool.map(lambda _: get_json(port, "/loop"), range(8)):
+                        seen[info["pid"]] = info["module"]
+            assert len(seen) == 2 and proc.pid not in seen, (seen, proc.output())
+            assert set(seen.values()) == {"uringloop._loop"}
+            # Both armed now: connections are spread (with multishot accepts,
+            # one worker took all 200 of 200 in the run that found the bug).
+            with ThreadPoolExecutor(4) as pool:
+                pids = list(pool.map(lambda _: get_json(port, "/loop")["pid"], range(100)))
+            assert min(pids.count(pid) for pid in seen) >= 10, pids
+            proc.stop(signal.SIGTERM)
+            return
+    pytest.fail("no free port after 5 attempts")
