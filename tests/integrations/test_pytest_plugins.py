@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from procutil import require
+
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+
+
+def doc_snippet(marker: str, index: int = 0) -> str:
+    """The `index`-th ```python block of docs/api.md containing `marker`: the
+    tests run the documented snippets themselves, so the docs cannot drift."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", API_DOC.read_text(), re.S)
+              if marker in b]
+    assert len(blocks) > index, f"no snippet with {marker!r} in {API_DOC}"
+    return blocks[index]
 
 INI = """
     [pytest]
@@ -122,6 +134,15 @@ def run_pytest(project: Path, conftest: str | None, tests: str, *args: str
         cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False)
     lines = record.read_text().splitlines() if record.exists() else []
     return proc, [json.loads(line) for line in lines]
+
+
+def test_the_snippets_here_are_the_documented_ones() -> None:
+    def code(text: str) -> list[str]:
+        return [line for line in textwrap.dedent(text).splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    assert code(SNIPPET_ONE) == code(doc_snippet("def pytest_asyncio_loop_factories", 0))
+    assert code(SNIPPET_BOTH) == code(doc_snippet("def pytest_asyncio_loop_factories", 1))
+    assert code(ANYIO_CONFTEST) == code(doc_snippet("def anyio_backend"))
 
 
 def test_pytest_asyncio_hook_one_factory(tmp_path: Path) -> None:
