@@ -43,7 +43,7 @@ _SHARED_LISTENER_DISABLE = frozenset({"accept_multishot"})
 def _build() -> type:
     try:
         import aiohttp.worker
-        from gunicorn.workers import base
+        from gunicorn.workers import base  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ImportError(
             "uringloop.worker.GunicornWebWorker needs gunicorn and aiohttp "
@@ -51,7 +51,7 @@ def _build() -> type:
 
     from . import Loop, UringUnavailableError, new_event_loop
 
-    class GunicornWebWorker(aiohttp.worker.GunicornWebWorker):  # type: ignore[misc]
+    class GunicornWebWorker(aiohttp.worker.GunicornWebWorker):
         """aiohttp's gunicorn worker, running each worker process on its own uringloop."""
 
         def init_process(self) -> None:
