@@ -14,7 +14,7 @@ import os
 import runpy
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import EventLoopPolicy, __version__, _doctor
 
@@ -118,17 +118,48 @@ def _run(args: list[str]) -> int:
         # run_module(alter_sys=True) puts the module's file in sys.argv[0], as
         # `python -m module` does; sys.path[0] is already the working directory.
         sys.argv = [module, *rest]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return _run_main(runpy.run_module, module, run_name="__main__", alter_sys=True)
+    assert script is not None
+    if not os.path.exists(script):
+        # As `python missing.py`: a message, no traceback, exit status 2.
+        sys.stderr.write(f"python -m uringloop run: can't open file "
+                         f"{os.path.abspath(script)!r}: [Errno 2] No such file or directory\n")
+        return 2
+    # As `python script.py`: argv[0] is the script, sys.path[0] its directory.
+    sys.argv = [script, *rest]
+    script_dir = os.path.dirname(os.path.abspath(script))
+    if sys.path:
+        sys.path[0] = script_dir
     else:
-        assert script is not None
-        # As `python script.py`: argv[0] is the script, sys.path[0] its directory.
-        sys.argv = [script, *rest]
-        script_dir = os.path.dirname(os.path.abspath(script))
-        if sys.path:
-            sys.path[0] = script_dir
-        else:
-            sys.path.insert(0, script_dir)
-        runpy.run_path(script, run_name="__main__")
+        sys.path.insert(0, script_dir)
+    # run_path puts its argument in sys.argv[0]: the script as given, as python does.
+    return _run_main(runpy.run_path, script, run_name="__main__")
+
+
+_OUR_FILES = {os.path.abspath(__file__), os.path.abspath(runpy.__file__ or "runpy")}
+
+
+def _ours(filename: str) -> bool:
+    return os.path.abspath(filename) in _OUR_FILES or filename.startswith("<frozen runpy")
+
+
+def _run_main(runner: Callable[..., object], *args: object, **kwargs: object) -> int:
+    """Run the program; an uncaught exception is reported as `python script.py`
+    reports it -- through sys.excepthook, with the program's own frames only
+    (not runpy's or ours) -- and gives exit status 1.  SystemExit and
+    KeyboardInterrupt propagate, so that their exit statuses are Python's."""
+    try:
+        runner(*args, **kwargs)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        tb = exc.__traceback__
+        while tb is not None and _ours(tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        if tb is not None:
+            exc.__traceback__ = tb     # the default hook prints the exception's own
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        return 1
     return 0
 
 
