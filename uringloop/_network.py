@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import weakref
 from asyncio import constants, selector_events, sslproto, trsock
 from typing import Any
 
@@ -23,6 +24,26 @@ _F_MORE = _ring.CQE_F_MORE
 _ACCEPT_FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
+# Listening sockets the application passed in (create_server(sock=...),
+# create_unix_server(sock=...)): possibly shared with other processes or loops,
+# as every pre-fork server (gunicorn, uvicorn --workers) shares one.  Those
+# get single-shot accepts.  An accept waits on the socket with an EXCLUSIVE
+# wait-queue entry (the kernel wakes one waiter per connection), and a
+# multishot accept keeps its entry armed at its place in the queue: the same
+# ring would be woken for every connection, the other processes for none, even
+# while that ring's loop is busy.  A single-shot accept is re-armed after each
+# connection, at the tail of the queue, which spreads connections as epoll does.
+# (Any object: gunicorn passes its own socket wrappers.)
+_PASSED_IN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def mark_passed_in(sock: Any) -> None:
+    if sock is not None:
+        try:
+            _PASSED_IN.add(sock)
+        except TypeError:   # not weak-referenceable: cannot be marked (multishot)
+            pass
+
 
 class _Acceptor:
     """The accept op of one listening socket and what to do with each connection.
@@ -31,7 +52,7 @@ class _Acceptor:
     a connection that completes after serving stopped is closed at once.
     """
 
-    __slots__ = ("loop", "sock", "args", "op", "stopped")
+    __slots__ = ("loop", "sock", "args", "op", "stopped", "multishot")
 
     def __init__(self, loop: Any, sock: socket.socket, args: tuple[Any, ...]) -> None:
         self.loop = loop
@@ -39,10 +60,15 @@ class _Acceptor:
         self.args = args   # protocol_factory, sslcontext, server, backlog, timeouts
         self.op: CallbackOp | None = None
         self.stopped = False
+        try:
+            passed_in = sock in _PASSED_IN
+        except TypeError:
+            passed_in = False
+        self.multishot = loop._proactor.ring.features.accept_multishot and not passed_in
 
     def arm(self) -> None:
         proactor: Proactor = self.loop._proactor
-        multishot = proactor.ring.features.accept_multishot
+        multishot = self.multishot
         op = CallbackOp(self.on_accept, self.sock, multishot=multishot,
                         on_discard=_close_accepted)
         ud = proactor.register(op)
@@ -100,6 +126,12 @@ class NetworkMixin:
 
     _proactor: Proactor
     _unix_server_sockets: dict[socket.socket, int]
+
+    async def create_server(self, protocol_factory: Any, host: Any = None, port: Any = None,
+                            **kwargs: Any) -> Any:
+        mark_passed_in(kwargs.get("sock"))
+        return await super().create_server(  # type: ignore[misc]
+            protocol_factory, host, port, **kwargs)
 
     def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None,
                                *, extra: Any = None, server: Any = None) -> Any:

@@ -123,6 +123,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._stash: collections.deque[bytes] = collections.deque()
         self._stash_eof = False
         self._drain_scheduled = False
+        self._data_batch = -1    # the proactor batch of the last data delivered
         self._multishot = self._proactor.ensure_bufring()
         self._poll_multishot = self._proactor.ring.features.poll_multishot
         self._buf_ptrs = self._proactor.buf_ptrs   # stable list objects: cached for
@@ -229,6 +230,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 and not (self._closing or self._paused or self._stash)):
             bid = flags >> 16
             self._recycle.append(bid)   # returned to the kernel next iteration
+            self._data_batch = self._proactor._harvested
             if self._buffered:
                 self._deliver_ring_buffered(self._buf_ptrs[bid], res)
                 return
@@ -254,13 +256,12 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             elif self._paused or self._stash:
                 self._stash.append(data)  # keep order: older bytes first
             else:
+                self._data_batch = self._proactor._harvested
                 self._deliver(data)
         elif res == 0:
-            # EOF reaches the protocol one iteration later, as with stock asyncio,
-            # where a read that returns b"" is always a callback of its own.
             self._read_eof = True
             if not self._closing:
-                self._loop.call_soon(self._eof_ready)
+                self._kernel_eof()
             return
         elif res != _ECANCELED and res != _ENOBUFS:
             if not self._closing:
@@ -310,6 +311,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                     if not data:
                         self._readable_eof()
                         return
+                    self._data_batch = self._proactor._harvested
                     self._deliver_data(data)
                     if len(data) < _FALLBACK_RECV_SIZE and not res & _POLL_END:
                         break
@@ -339,6 +341,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 if not n:
                     self._readable_eof()
                     return
+                self._data_batch = self._proactor._harvested
                 try:
                     protocol.buffer_updated(n)
                 except (SystemExit, KeyboardInterrupt):
@@ -352,10 +355,18 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             self._arm_recv()
 
     def _readable_eof(self) -> None:
-        # As stock's _read_ready__on_eof(): the protocol hears at once.
         self._read_eof = True
         self._stop_reading()
-        self._eof_ready()
+        self._kernel_eof()
+
+    def _kernel_eof(self) -> None:
+        """EOF as stock asyncio delivers it: in the iteration whose poll shows
+        it -- unless this transport delivered data in that iteration: on stock a
+        read returning b"" is then a callback of the next iteration."""
+        if self._data_batch == self._proactor._harvested:
+            self._loop.call_soon(self._eof_ready)
+        else:
+            self._eof_ready()
 
     def _deliver_data(self, data: bytes) -> None:
         try:

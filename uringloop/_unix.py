@@ -27,7 +27,7 @@ import socket
 from asyncio import selector_events, unix_events
 from typing import Any
 
-from . import _datagram, _ring
+from . import _datagram, _network, _ring
 from ._proactor import CallbackOp, Proactor
 from ._ring import ffi, lib
 
@@ -78,7 +78,13 @@ class UnixMixin:
     # -- Unix sockets -------------------------------------------------------------
 
     create_unix_connection = unix_events._UnixSelectorEventLoop.create_unix_connection
-    create_unix_server = unix_events._UnixSelectorEventLoop.create_unix_server
+    _stock_create_unix_server = unix_events._UnixSelectorEventLoop.create_unix_server
+
+    async def create_unix_server(self, protocol_factory: Any, path: Any = None,
+                                 **kwargs: Any) -> Any:
+        # A passed-in socket may be shared: single-shot accepts (see _network).
+        _network.mark_passed_in(kwargs.get("sock"))
+        return await self._stock_create_unix_server(protocol_factory, path, **kwargs)
 
     def _cleanup_unix_server_socket(self, sock: socket.socket, path: Any) -> None:
         """cleanup_socket (3.13): unlink the path if it is still our socket's."""

@@ -5,10 +5,10 @@
 :class:`GunicornWebWorker` is aiohttp's ``aiohttp.worker.GunicornWebWorker``
 (the same one ``GunicornUVLoopWebWorker`` builds on) with one change: each
 worker process, after gunicorn forks it, creates its own uringloop loop -- its
-own io_uring ring -- with :func:`uringloop.new_event_loop`'s settings, except
-that accepts are single-shot (``accept_multishot`` off: with one multishot
-accept per worker on the shared listening socket, one worker would get every
-connection).  Everything else
+own io_uring ring -- with :func:`uringloop.new_event_loop`'s settings.  (The
+listening socket gunicorn shares between the workers is passed in with
+``sock=``, so the loop accepts on it single-shot: see uringloop/_network.py,
+``_PASSED_IN``.)  Everything else
 (the application or async factory gunicorn loads, graceful shutdown on SIGTERM,
 ``--max-requests``, access logs, TLS options) is aiohttp's.
 
@@ -31,13 +31,6 @@ from typing import Any
 __all__ = ["GunicornWebWorker"]
 
 _worker_class: type | None = None
-
-# Every gunicorn worker accepts on the same listening socket.  A multishot
-# accept keeps the kernel's exclusive wait entry of one ring armed, so that
-# ring would be woken for every connection and the other workers for none
-# (tests/integrations/test_shared_listener.py); single-shot accepts, re-armed
-# after each connection, spread them as epoll does.
-_SHARED_LISTENER_DISABLE = frozenset({"accept_multishot"})
 
 
 def _build() -> type:
@@ -64,7 +57,7 @@ def _build() -> type:
             # stock one; make ours instead (after the fork: one ring per worker)
             # and go straight to gunicorn's, which then calls run().
             try:
-                self.loop = Loop(disable=_SHARED_LISTENER_DISABLE)
+                self.loop = Loop()
             except UringUnavailableError:
                 self.loop = new_event_loop()    # raises, or falls back if asked to
             asyncio.set_event_loop(self.loop)

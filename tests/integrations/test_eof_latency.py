@@ -1,4 +1,4 @@
-"""A peer's EOF reaches the protocol one loop iteration later on uringloop.
+"""A peer's EOF reaches the protocol in the same loop iteration as on stock asyncio.
 
 Found with `python -m uringloop run` on Python 3.11 (tests/integrations/test_run_cli.py):
 an ordinary echo program, whose server handler was still waiting for EOF when
@@ -8,14 +8,14 @@ CancelledError" -- on uringloop, never on stock asyncio.  From the client's
 ``writer.close()``, the server handler saw EOF after 3 loop iterations on stock
 asyncio and after 4 on uringloop, every time.
 
-Cause: uringloop/_stream.py, ``_on_recv``, the ``res == 0`` branch, defers EOF
+Cause (fixed): uringloop/_stream.py, ``_on_recv``, the ``res == 0`` branch, deferred EOF
 with ``call_soon(self._eof_ready)`` -- always.  The comment says this copies stock
 asyncio, where a read returning b"" is a callback of its own; but on stock the
 EOF is seen in the iteration whose poll reports it, like data, and is one
 iteration later only when data came first (its own read).  uringloop delivers data
 in the iteration whose completion carries it, and EOF one later even when no
-data came before it.  A fix: defer EOF only when this transport delivered data in
-the same iteration.
+data came before it.  The fix (``_kernel_eof``): defer EOF only when this transport
+delivered data in the same iteration.
 
 The test: the peer sends a byte, or closes; the number of loop iterations until
 the protocol hears of it must be the same for both, as on stock asyncio.
@@ -68,9 +68,7 @@ def new_asyncio() -> asyncio.AbstractEventLoop:
 
 @pytest.mark.parametrize("factory", [
     new_asyncio,
-    pytest.param(uringloop.new_event_loop, marks=pytest.mark.xfail(
-        reason="divergence: EOF is always deferred by call_soon, one iteration after "
-               "stock asyncio (uringloop/_stream.py _on_recv, res == 0)", strict=True)),
+    uringloop.new_event_loop,
 ], ids=["asyncio", "uringloop"])
 def test_eof_is_heard_as_soon_as_data_would_be(
         factory: Callable[[], asyncio.AbstractEventLoop]) -> None:

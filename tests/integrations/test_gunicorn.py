@@ -111,9 +111,8 @@ def test_two_workers_each_on_its_own_loop(served: tuple[str, int, Proc]) -> None
         assert info["module"] == EXPECTED_MODULE[name], proc.output()
         if name == "uringloop":
             assert info["name"] == "Loop"
-            # gunicorn's --env reached the loop's creation in each worker; accepts
-            # are single-shot (see test_shared_listener.py).
-            assert info["disabled"] == ["accept_multishot", "send_zc"]
+            # gunicorn's --env reached the loop's creation in each worker.
+            assert info["disabled"] == ["send_zc"]
 
 
 def test_requests_and_post_bodies(served: tuple[str, int, Proc]) -> None:

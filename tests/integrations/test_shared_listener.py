@@ -10,10 +10,9 @@ EPOLLEXCLUSIVE), and a *multishot* accept keeps that one entry armed at its
 place in the queue, so each new connection wakes the same (first-armed) ring
 and never the others.  A single-shot accept is re-armed after each completion
 (at the tail of the queue), and stock asyncio's epoll wakes every loop, so both
-spread connections.  uringloop.worker.GunicornWebWorker therefore switches
-``accept_multishot`` off, and docs/operations.md §10 tells uvicorn --workers
-users to; the loop itself (uringloop/_network.py, _Acceptor)
-still arms multishot accepts on shared sockets -- the xfail below.
+spread connections.  So the loop (uringloop/_network.py, _PASSED_IN) accepts
+single-shot on every listening socket passed in with ``sock=`` -- which is how
+pre-fork servers hand theirs over -- and multishot on the sockets it creates.
 
 Here: two loops in two threads serve the same listening socket; a server
 answers its loop's name and then blocks its loop for a moment.  A connection
@@ -118,10 +117,7 @@ def who_answers(factory: Callable[[], asyncio.AbstractEventLoop]) -> list[tuple[
 
 @pytest.mark.parametrize("factory", [
     new_asyncio,
-    pytest.param(new_uringloop, marks=pytest.mark.xfail(
-        reason="bug: a multishot accept on a listening socket shared by several "
-               "loops/processes sends every connection to one loop (exclusive wait entry "
-               "kept armed); uringloop/_network.py _Acceptor.arm", strict=True)),
+    new_uringloop,
     new_uringloop_single_shot,
 ], ids=["asyncio", "uringloop", "uringloop-accept_multishot-off"])
 def test_a_blocked_loop_does_not_get_the_next_connection(

@@ -257,14 +257,14 @@ def test_uds(app_dir: Path) -> None:
 
 
 def test_workers_share_the_port(app_dir: Path) -> None:
-    """`uvicorn --workers 2 --loop uringloop:new_event_loop`, with accept_multishot
-    off as docs/operations.md says for pre-fork servers: both workers serve,
-    each on its own uringloop (see test_shared_listener.py for why)."""
+    """`uvicorn --workers 2 --loop uringloop:new_event_loop`: both workers serve,
+    each on its own uringloop, and the connections are spread (uvicorn passes the
+    shared socket with sock=: single-shot accepts, see test_shared_listener.py)."""
     from concurrent.futures import ThreadPoolExecutor
     for attempt in range(5):
         port = free_port()
         with spawn(uvicorn_args(URINGLOOP, "--host", HOST, "--port", str(port), "--workers", "2"),
-                   cwd=app_dir, env={"URINGLOOP_DISABLE": "accept_multishot"}) as proc:
+                   cwd=app_dir) as proc:
             try:
                 wait_ready(proc, port)
             except pytest.fail.Exception:
