@@ -624,7 +624,10 @@ class AsyncFile:
 
     async def _fill(self) -> bool:
         """Read one buffer's worth at the raw position; False at EOF."""
-        data = await self._pread(self._buffer_size or DEFAULT_BUFFER_SIZE)
+        # Never less than 8 KiB: a refill is a ring round trip (writes honour
+        # a small buffer size exactly).
+        data = await self._pread(max(self._buffer_size, 8192) if self._buffer_size
+                                 else DEFAULT_BUFFER_SIZE)
         if not data:
             return False
         if self._rbuf:
@@ -781,6 +784,9 @@ class AsyncFile:
         b = bytes(data)        # a private immutable copy: safe while in flight
         async with self._lock:
             self._drop_read_ahead()
+            if self._append and self._seekable and not self._wbuf:
+                # The kernel appends: buffered bytes will land at the end.
+                self._pos = os.fstat(self._fd).st_size
             if self._buffer_size == 0:
                 await self._pwrite_all(b)
             else:
