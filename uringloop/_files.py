@@ -1029,8 +1029,8 @@ class AsyncTextFile:
     def _take(self, n: int = -1) -> str:
         s, off = self._decoded, self._doff
         if n < 0 or off + n >= len(s):
-            self._decoded, self._doff = "", 0
-            return s[off:]
+            self._doff = len(s)     # all consumed (tell() still needs the count)
+            return s[off:] if off else s
         self._doff = off + n
         return s[off:off + n]
 
@@ -1198,18 +1198,33 @@ class AsyncTextFile:
                               f"(decoder state {st!r})")
             return after - len(pending) - cr
 
+        if skip == len(self._decoded) and decoder.getstate() == (b"", 0):
+            return binary._tell()     # the whole chunk consumed, nothing pending
+        if skip == 0 and state[0] == b"" and not (universal and state[1] & 1):
+            return pos     # nothing of this chunk consumed, nothing pending
         if skip == 0:
             return at(pos, state)
         saved = decoder.getstate()
         try:
             decoder.setstate(state)
             chars = 0
+            cr_end = None   # just after a \r the newline decoder still holds back
             for i in range(len(raw)):
+                before = chars
                 chars += len(decoder.decode(raw[i:i + 1]))
                 if chars == skip:
                     return at(pos + i + 1, decoder.getstate())
                 if chars > skip:
+                    # A held-back \r came out together with the next character:
+                    # the position right after that \r is the boundary.
+                    if cr_end is not None and before + 1 == skip:
+                        return cr_end
                     break
+                st = decoder.getstate()
+                if universal and st == (b"", 1):
+                    cr_end = pos + i + 1
+                elif not (universal and st[1] & 1):
+                    cr_end = None
         finally:
             decoder.setstate(saved)
         raise OSError("can't reconstruct the position of the text stream here")
@@ -1239,6 +1254,8 @@ class AsyncTextFile:
         await self.flush()
         self._reset_decoder()
         pos = await binary.seek(cookie)
+        if pos and self._decoder is not None:
+            self._decoder.setstate((b"", 0))     # mid-file: no BOM expected
         if self._encoder is not None:
             self._encoder.reset() if pos == 0 else self._encoder.setstate(0)
         return pos
