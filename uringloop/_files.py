@@ -141,20 +141,21 @@ async def _wait(fut: OpFuture, orphan: Callable[[Any], None] | None = None) -> A
 
 def _path_buf(path: Any) -> tuple[Any, Any]:
     """(path object for errors, NUL-terminated char[] for the kernel)."""
-    raw = os.fspath(path)
-    if isinstance(raw, str):
-        raw = os.fsencode(raw)
+    name = os.fspath(path)
+    raw = os.fsencode(name) if isinstance(name, str) else name
     if not isinstance(raw, bytes):
         raise TypeError(f"expected str, bytes or os.PathLike object, not {type(path).__name__}")
     if b"\0" in raw:
         raise ValueError("embedded null byte")
-    return path, ffi.new("char[]", raw)
+    return name, ffi.new("char[]", raw)
 
 
 def _error(exc: OSError, *filenames: Any) -> OSError:
     """The OSError (subclass by errno) os.* would raise, with its filename(s)."""
     if exc.errno is None:
         return exc
+    if len(filenames) == 2:     # OSError's 4th argument is winerror
+        return OSError(exc.errno, os.strerror(exc.errno), filenames[0], None, filenames[1])
     return OSError(exc.errno, os.strerror(exc.errno), *filenames)
 
 
@@ -185,7 +186,7 @@ def _stat_result(buf: Any) -> os.stat_result:
         _u(buf, 20, 4), _u(buf, 24, 4),                   # st_uid, st_gid
         _u(buf, 40, 8),                                   # st_size
         times[0][0], times[1][0], times[2][0],            # integer times
-        ns[0] / 1e9, ns[1] / 1e9, ns[2] / 1e9,            # float times
+        *(s + n * 1e-9 for s, n in times),               # float times, as os.stat
         ns[0], ns[1], ns[2],                              # *_ns
         _u(buf, 4, 4),                                    # st_blksize
         _u(buf, 48, 8),                                   # st_blocks
@@ -361,15 +362,14 @@ def open(file: Any, mode: str = "r", buffering: int = -1, encoding: str | None =
     default buffer size is max(64 KiB, st_blksize): each refill is a ring
     round trip.  Raises RuntimeError without a running uringloop loop.
     """
-    text, *_ = _parse_mode(mode, buffering, encoding, errors, newline)
-    if text:
+    parsed = _parse_mode(mode, buffering, encoding, errors, newline)
+    if parsed[0]:
         encoding = io.text_encoding(encoding, 2)
         if encoding == "locale":
             encoding = locale.getencoding()
         codecs.lookup(encoding)       # LookupError now, before anything is opened
         if errors is None:
-            errors = "strict"
-        codecs.lookup_error(errors)
+            errors = "strict"     # an unknown handler fails on first use, as the built-in's
     if not isinstance(file, (str, bytes, int)) and not hasattr(file, "__fspath__"):
         raise TypeError(f"expected str, bytes or os.PathLike object, not {type(file).__name__}")
     if isinstance(file, bool):
@@ -380,15 +380,18 @@ def open(file: Any, mode: str = "r", buffering: int = -1, encoding: str | None =
             raise ValueError("negative file descriptor")
     elif not closefd:
         raise ValueError("Cannot use closefd=False with file name")
+    if not isinstance(file, int):
+        file = os.fspath(file)     # as the built-in: name and error filenames
     proactor = _proactor("open")
-    return _Opener(proactor, (file, mode, buffering, encoding, errors, newline, closefd))
+    return _Opener(proactor, (file, mode, buffering, encoding, errors, newline, closefd,
+                              parsed))
 
 
 async def _open(proactor: Proactor, file: Any, mode: str, buffering: int,
                 encoding: str | None, errors: str | None, newline: str | None,
-                closefd: bool) -> AsyncFile | AsyncTextFile:
-    text, readable, writable, appending, updating, flags = _parse_mode(
-        mode, buffering, encoding, errors, newline)
+                closefd: bool, parsed: tuple[bool, bool, bool, bool, bool, int]
+                ) -> AsyncFile | AsyncTextFile:
+    text, readable, writable, appending, updating, flags = parsed
     if isinstance(file, int):
         fd = file
     else:

@@ -197,7 +197,7 @@ def test_line_buffering_and_attributes(run: Any, tmp_path: pathlib.Path) -> None
             a = p.read_bytes()
             await f.write(" now\n")
             b = p.read_bytes()
-            attrs = [f.name == p, f.mode, f.encoding, f.errors, f.line_buffering,
+            attrs = [f.name == str(p), f.mode, f.encoding, f.errors, f.line_buffering,
                      f.writable(), f.readable(), f.seekable(), f.isatty(),
                      f.fileno() >= 0, "lb" in repr(f)]
             await f.flush()
