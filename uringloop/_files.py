@@ -77,6 +77,7 @@ _MAX_RW = 1 << 30                 # bytes per read/write operation (SQE len is 3
 _STATX_SIZE = 256
 DEFAULT_BUFFER_SIZE = 64 * 1024   # each refill is a ring round trip: larger than io's 8 KiB
 _READALL_CHUNK = 1 << 20
+_BIG_READ = 1 << 20               # read() of at least this much: no copy of the data
 
 # Buffers the kernel fills completely (or whose tail we never read): no need to
 # zero them first (a 64 MiB read would pay a 64 MiB memset).
@@ -548,15 +549,29 @@ class AsyncFile:
             return pos
         return self._pos if self._seekable else OFF_CURRENT
 
-    async def _pread(self, n: int, pos: int | None = None) -> bytes:
-        """One READ of up to n bytes at pos (None: the raw position, advanced)."""
+    async def _pread(self, n: int, pos: int | None = None, whole: bool = False) -> bytes:
+        """One READ of up to n bytes at pos (None: the raw position, advanced).
+
+        ``whole``: the caller expects all n bytes (a large read of a regular
+        file); the kernel reads straight into a new bytes object, which is
+        returned as is when it is filled (no 2nd copy of a big read).  Until
+        then the object is referenced only by this op, as a buffer CPython
+        itself fills after PyBytes_FromStringAndSize(NULL, n).
+        """
         proactor = self._check_readable()
         n = min(n, _MAX_RW)
         if n <= 0:
             return b""
-        buf = _alloc("char[]", n)
+        if whole:
+            out = bytes(n)     # calloc'd: fresh zero pages, no memset
+            buf = ffi.from_buffer("char[]", out)
+            convert: Callable[[int], bytes] = \
+                lambda res: out if res == n else out[:res]   # noqa: E731
+        else:
+            buf = _alloc("char[]", n)
+            convert = lambda res: ffi.buffer(buf, res)[:]   # noqa: E731
         fut = _submit(proactor, _ring.OP_READ, self._fd, buf, n, self._offset(pos), 0,
-                      (self, buf), convert=lambda res: ffi.buffer(buf, res)[:])
+                      (self, buf), convert=convert)
         data: bytes = await _wait(fut)
         if pos is None and self._seekable:
             self._pos += len(data)
@@ -643,11 +658,19 @@ class AsyncFile:
     async def _read_all(self) -> bytes:
         chunks = [self._take()] if self._rbuf else []
         if self._seekable:
-            # The size is a hint: read one byte more to see EOF in the same op.
-            want = max(os.fstat(self._fd).st_size - self._pos, 0) + 1
+            size = max(os.fstat(self._fd).st_size - self._pos, 0)
+            if _BIG_READ <= size <= _MAX_RW:
+                # Straight into the bytes object returned; then one small read
+                # to see EOF (or that the file grew).
+                data = await self._pread(size, whole=True)
+                chunks.append(data)
+                want = DEFAULT_BUFFER_SIZE if len(data) == size else 0
+            else:
+                # The size is a hint: one byte more sees EOF in the same op.
+                want = size + 1
         else:
             want = DEFAULT_BUFFER_SIZE
-        while True:
+        while want:
             data = await self._pread(want)
             if not data:
                 break
