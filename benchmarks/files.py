@@ -19,8 +19,9 @@ Cells (every result is checked against the data written):
 Implementations: ``uringloop`` (uringloop.open on a uringloop loop),
 ``aiofiles/asyncio`` and ``aiofiles/uringloop`` (aiofiles' thread pool on either
 loop), ``blocking`` (built-in open in the loop thread: the floor, but it blocks
-the loop).  Each round times one batch; the table shows the median of the
-rounds and each time relative to uringloop's (>1: slower than uringloop).
+the loop).  Each round times one batch; rounds of the implementations are
+interleaved, so machine noise hits them alike.  The table shows the median of
+the rounds and each time relative to uringloop's (>1: slower than uringloop).
 """
 
 from __future__ import annotations
@@ -191,24 +192,44 @@ def loop_for(impl: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run_cell(cell: str, impl: str, fx: Fixture, rounds: int) -> list[float]:
-    fn = CELLS[cell][impl.split("/")[0]]
+def run_cell(cell: str, fx: Fixture, rounds: int) -> dict[str, Any]:
+    """Every implementation of one cell, rounds interleaved (impl A, B, C, D,
+    A, B, ...) so that noise from the rest of the machine hits them alike."""
     want = expected(cell, fx)
-    times = []
-    with asyncio.Runner(loop_factory=loop_for(impl)) as runner:
-        if impl.startswith("aiofiles"):
-            # The default executor's threads exist before timing starts.
-            runner.run(_warm_executor())
-        got = runner.run(fn(fx))             # warm-up round, checked
-        if got != want:
-            raise AssertionError(f"{cell} / {impl}: wrong data")
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            got = runner.run(fn(fx))
-            times.append(time.perf_counter() - t0)
-            if got != want:
+    runners: dict[str, asyncio.Runner] = {}
+    out: dict[str, Any] = {}
+    try:
+        for impl in IMPLS:
+            try:
+                if impl.startswith("aiofiles"):
+                    import aiofiles  # noqa: F401
+                runner = asyncio.Runner(loop_factory=loop_for(impl))
+                runner.__enter__()
+            except ImportError as exc:
+                out[impl] = {"error": f"{exc.name} not installed"}
+                continue
+            runners[impl] = runner
+            if impl.startswith("aiofiles"):
+                # The default executor's threads exist before timing starts.
+                runner.run(_warm_executor())
+            if runner.run(CELLS[cell][impl.split("/")[0]](fx)) != want:   # warm-up, checked
                 raise AssertionError(f"{cell} / {impl}: wrong data")
-    return times
+            out[impl] = {"rounds": []}
+        for _ in range(rounds):
+            for impl, runner in runners.items():
+                fn = CELLS[cell][impl.split("/")[0]]
+                t0 = time.perf_counter()
+                got = runner.run(fn(fx))
+                out[impl]["rounds"].append(time.perf_counter() - t0)
+                if got != want:
+                    raise AssertionError(f"{cell} / {impl}: wrong data")
+    finally:
+        for runner in runners.values():
+            runner.close()
+    for r in out.values():
+        if "rounds" in r:
+            r["median"] = statistics.median(r["rounds"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,14 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         fx = Fixture(Path(tmp), big_mib, 500)
         for cell in wanted:
             label = cell.replace("64MiB", f"{big_mib}MiB")
-            results[label] = {}
-            for impl in IMPLS:
-                try:
-                    times = run_cell(cell, impl, fx, rounds)
-                except ImportError as exc:
-                    results[label][impl] = {"error": f"{exc.name} not installed"}
-                    continue
-                results[label][impl] = {"rounds": times, "median": statistics.median(times)}
+            results[label] = run_cell(cell, fx, rounds)
     if args.json:
         args.json.write_text(json.dumps({"python": sys.version.split()[0], "rounds": rounds,
                                          "results": results}, indent=2))

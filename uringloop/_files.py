@@ -37,7 +37,7 @@ fd) alive until its final completion (design.md section 4).  Outcomes:
   advanced and the unwritten part of the write buffer is kept, so a retry (or
   ``close()``, which flushes) writes the same bytes at the same offset again:
   idempotent for regular files, a possible duplicate in append mode.
-* ``close``: the close is shielded from cancellation; the fd is always closed.
+* ``close``: the CLOSE operation is never cancelled; the fd is always closed.
 * ``stat``/``rename``/``unlink``/``mkdir``: the operation may still happen.
 
 Not everything is a ring operation: ``os.fstat`` on an fd we just opened
@@ -923,7 +923,7 @@ class AsyncFile:
     async def close(self) -> None:
         """Flush, then close the fd (IORING_OP_CLOSE).  Idempotent.
 
-        The close itself is shielded: a cancelled close() still closes the fd.
+        The close itself is not cancellable: a cancelled close() still closes the fd.
         """
         if self._closed:
             return
@@ -944,15 +944,14 @@ class AsyncFile:
                 proactor.flush()     # a prepared SQE naming this fd goes first
             os.close(self._fd)
             return
-        fut = _submit(proactor, _ring.OP_CLOSE, self._fd, ffi.NULL, 0, 0, 0, self)
-        fut.add_done_callback(_retrieve)
-        await asyncio.shield(fut)
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    # A shielded close whose waiter was cancelled: nobody awaits the result.
-    if not fut.cancelled():
-        fut.exception()
+        # A plain future, not an OpFuture: cancelling the awaiting task cancels
+        # only the wait, never the CLOSE itself (the fd is always closed).
+        fut = proactor._loop.create_future()   # type: ignore[union-attr]
+        op = FutureOp(fut, self)
+        ud = proactor.register(op)
+        proactor.submit_prepared(op, lib.ul_prep_ext(
+            proactor._ptr, _ring.OP_CLOSE, self._fd, ffi.NULL, 0, 0, 0, 0, 0, 0, 0, 0, ud))
+        await fut
 
 
 # -- text files ------------------------------------------------------------------------
