@@ -179,7 +179,7 @@ def _stat_result(buf: Any) -> os.stat_result:
         return _u(buf, off, 8, True), _u(buf, off + 8, 4)
     times = [ts(64 + 16 * 0), ts(64 + 16 * 3), ts(64 + 16 * 2)]   # atime, mtime, ctime
     ns = [s * 1_000_000_000 + n for s, n in times]
-    fields = [
+    fields: list[Any] = [
         _u(buf, 28, 2),                                   # st_mode
         _u(buf, 32, 8),                                   # st_ino
         os.makedev(_u(buf, 136, 4), _u(buf, 140, 4)),     # st_dev
@@ -484,10 +484,21 @@ class AsyncFile:
             # No op on this fd is in flight (each op keeps this object alive).
             _close_quietly(self._fd)
 
-    def _check(self) -> Proactor:
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError("I/O operation on closed file.")
-        return self._proactor
+
+    def _check(self) -> Proactor:
+        """Open, and called from the loop it was opened on."""
+        if self._closed:
+            raise ValueError("I/O operation on closed file.")
+        proactor = self._proactor
+        if proactor._loop is not asyncio._get_running_loop():
+            raise RuntimeError(
+                f"{self!r} belongs to the uringloop loop it was opened on "
+                f"({'closed' if proactor.closed else 'not running here'}); use it "
+                "from a task of that loop")
+        return proactor
 
     def _check_readable(self) -> Proactor:
         proactor = self._check()
@@ -506,23 +517,23 @@ class AsyncFile:
         return self._closed
 
     def fileno(self) -> int:
-        self._check()
+        self._check_open()
         return self._fd
 
     def readable(self) -> bool:
-        self._check()
+        self._check_open()
         return self._readable
 
     def writable(self) -> bool:
-        self._check()
+        self._check_open()
         return self._writable
 
     def seekable(self) -> bool:
-        self._check()
+        self._check_open()
         return self._seekable
 
     def isatty(self) -> bool:
-        self._check()
+        self._check_open()
         return os.isatty(self._fd)
 
     async def __aenter__(self) -> AsyncFile:
@@ -887,7 +898,7 @@ class AsyncFile:
 
     def tell(self) -> int:
         """The position (plain method: no I/O)."""
-        self._check()
+        self._check_open()
         return self._tell()
 
     async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
@@ -991,7 +1002,7 @@ class AsyncTextFile:
             if binary._seekable and binary._pos != 0:
                 self._encoder.setstate(0)   # appending: no second BOM
         if binary._readable:
-            decoder = codecs.getincrementaldecoder(encoding)(errors)
+            decoder: Any = codecs.getincrementaldecoder(encoding)(errors)
             if self._readuniversal:
                 decoder = io.IncrementalNewlineDecoder(decoder, self._readtranslate)
             self._decoder = decoder
@@ -1079,7 +1090,7 @@ class AsyncTextFile:
         if size < 0:
             rest = self._take()
             raw = await self.buffer.read()
-            text = rest + self._decoder.decode(raw, final=True)
+            text: str = rest + self._decoder.decode(raw, final=True)
             self._snapshot = None
             return text
         parts: list[str] = []
@@ -1203,7 +1214,7 @@ class AsyncTextFile:
     def tell(self) -> int:
         """Opaque position cookie (here the byte offset of the next character)."""
         binary = self.buffer
-        binary._check()
+        binary._check_open()
         if not binary._seekable:
             raise io.UnsupportedOperation("underlying stream is not seekable")
         if self._snapshot is None:

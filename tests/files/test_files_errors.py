@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import errno
 import os
 import pathlib
 from typing import Any, Callable
@@ -264,11 +263,23 @@ def test_loop_closed_file_close(tmp_path: pathlib.Path) -> None:
     loop = uringloop.new_event_loop()
     f = loop.run_until_complete(_opener(p))
     loop.close()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="belongs to the uringloop loop it was opened on"):
         asyncio.run(f.read())
+    assert f.fileno() >= 0 and f.readable() and f.tell() == 0   # plain methods work anywhere
     asyncio.run(f.close())    # the ring is gone: os.close
     assert f.closed
-    assert errno.EBADF
+
+
+def test_file_used_from_another_loop(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"abc")
+    with asyncio.Runner(loop_factory=uringloop.new_event_loop) as first:
+        f = first.run(_opener(p))
+        with asyncio.Runner(loop_factory=uringloop.new_event_loop) as second:
+            with pytest.raises(RuntimeError, match="not running here"):
+                second.run(f.read())
+        assert first.run(f.read()) == b"abc"
+        first.run(f.close())
 
 
 async def _opener(p: pathlib.Path) -> Any:
