@@ -56,6 +56,7 @@ import errno
 import io
 import locale
 import os
+import select
 import stat as _stat
 import warnings
 from typing import Any, Callable
@@ -82,6 +83,8 @@ _BIG_READ = 1 << 20               # read() of at least this much: no copy of the
 # Buffers the kernel fills completely (or whose tail we never read): no need to
 # zero them first (a 64 MiB read would pay a 64 MiB memset).
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
 
 
 # -- the ring --------------------------------------------------------------------
@@ -581,9 +584,18 @@ class AsyncFile:
         else:
             buf = _alloc("char[]", n)
             convert = lambda res: ffi.buffer(buf, res)[:]   # noqa: E731
-        fut = _submit(proactor, _ring.OP_READ, self._fd, buf, n, self._offset(pos), 0,
-                      (self, buf), convert=convert)
-        data: bytes = await _wait(fut)
+        while True:
+            fut = _submit(proactor, _ring.OP_READ, self._fd, buf, n, self._offset(pos), 0,
+                          (self, buf), convert=convert)
+            try:
+                data: bytes = await _wait(fut)
+                break
+            except BlockingIOError:
+                # An O_NONBLOCK pipe or socket: the kernel answers EAGAIN rather
+                # than waiting; wait for readiness on the ring and try again.
+                if self._seekable:
+                    raise
+                await proactor.poll(self._fd, _POLLIN)
         if pos is None and self._seekable:
             self._pos += len(data)
         return data
@@ -604,7 +616,13 @@ class AsyncFile:
                 off = self._pos
             fut = _submit(proactor, _ring.OP_WRITE, self._fd, cbuf, len(chunk), off, 0,
                           (self, chunk, cbuf))
-            n: int = await _wait(fut)
+            try:
+                n: int = await _wait(fut)
+            except BlockingIOError:
+                if self._seekable:
+                    raise
+                await proactor.poll(self._fd, _POLLOUT)   # O_NONBLOCK: see _pread
+                continue
             if n == 0:
                 raise OSError(errno.EIO, "write() returned 0 bytes")
             done += n
@@ -824,8 +842,8 @@ class AsyncFile:
             if self._append and self._seekable and not self._wbuf:
                 # The kernel appends: buffered bytes will land at the end.
                 self._pos = os.fstat(self._fd).st_size
-            if self._buffer_size == 0:
-                await self._pwrite_all(b)
+            if self._buffer_size == 0 or (not self._wbuf and len(b) >= self._buffer_size):
+                await self._pwrite_all(b)     # nothing to coalesce with: no copy
             else:
                 self._wbuf += b
                 if len(self._wbuf) >= self._buffer_size:

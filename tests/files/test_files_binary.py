@@ -399,3 +399,41 @@ def test_statistics_after_use(run: Any, path: pathlib.Path) -> None:
         return before, loop.statistics().ops_in_flight
     before, after = run(main())
     assert before == after
+
+
+def test_nonblocking_pipe_waits_on_the_ring(run: Any) -> None:
+    """An O_NONBLOCK fd makes the kernel answer EAGAIN: we wait for readiness."""
+    import asyncio
+
+    async def main() -> None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        async with uringloop.open(r, "rb", buffering=0) as f, \
+                uringloop.open(w, "wb", buffering=0) as g:
+            reader = asyncio.ensure_future(f.read(5))
+            await asyncio.sleep(0.01)
+            assert not reader.done()
+            payload = b"p" * (1 << 20)           # more than the pipe holds
+            writer = asyncio.ensure_future(g.write(payload))
+            got = await reader
+            rest = b""
+            while len(got) + len(rest) < len(payload):
+                rest += await f.read(1 << 16)
+            await writer
+            assert got + rest == payload
+    run(main())
+
+
+def test_big_write_bypasses_the_buffer(run: Any, tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "big"
+    blob = os.urandom(3 << 20)
+
+    async def main() -> None:
+        async with uringloop.open(p, "wb") as f:
+            await f.write(b"head")
+            await f.write(blob)        # coalesced with the pending 4 bytes
+            await f.write(blob)        # straight to the kernel
+            assert f.tell() == 4 + 2 * len(blob)
+    run(main())
+    assert p.read_bytes() == b"head" + blob + blob
