@@ -428,7 +428,7 @@ async def _open(proactor: Proactor, file: Any, mode: str, buffering: int,
         elif regular and isinstance(file, int):
             raw._pos = os.lseek(fd, 0, os.SEEK_CUR)
     except BaseException:
-        if closefd:
+        if not isinstance(file, int):    # an fd the caller gave stays theirs, as in FileIO
             _close_quietly(fd)
         raise
     if not text:

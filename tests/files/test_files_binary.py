@@ -437,3 +437,26 @@ def test_big_write_bypasses_the_buffer(run: Any, tmp_path: pathlib.Path) -> None
             assert f.tell() == 4 + 2 * len(blob)
     run(main())
     assert p.read_bytes() == b"head" + blob + blob
+
+
+def test_writelines_and_mode_attributes(run: Any, tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "wl"
+
+    async def main() -> None:
+        async with uringloop.open(p, "wb") as f:
+            await f.writelines([b"a\n", bytearray(b"b\n"), memoryview(b"c\n")])
+            assert f.mode == "wb" and f.writable() and not f.readable()
+    run(main())
+    assert p.read_bytes() == b"a\nb\nc\n"
+
+
+def test_fd_given_by_the_caller_stays_open_on_failure(run: Any, tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(IsADirectoryError):
+                await uringloop.open(fd, "rb")
+            os.fstat(fd)                      # not closed behind the caller's back
+        finally:
+            os.close(fd)
+    run(main())

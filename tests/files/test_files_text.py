@@ -29,6 +29,7 @@ def _write_raw(path: pathlib.Path, text: str, encoding: str) -> None:
 @pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "utf-8-sig", "utf-16"])
 def test_read_matches_builtin(run: Any, tmp_path: pathlib.Path, encoding: str,
                               newline: str | None) -> None:
+    # (20 small tests: 0.1 s each, mostly the top-level conftest's per-test checks)
     text = BODY if encoding != "latin-1" else BODY.encode("latin-1", "replace").decode("latin-1")
     p = tmp_path / "t.txt"
     _write_raw(p, text, encoding)
@@ -85,26 +86,30 @@ def test_decode_errors_match_builtin(run: Any, tmp_path: pathlib.Path, errors: s
     assert run(main()) == oracle()
 
 
-@pytest.mark.parametrize("newline", NEWLINES)
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "cp1252"])
-def test_write_matches_builtin(run: Any, tmp_path: pathlib.Path, encoding: str,
-                               newline: str | None) -> None:
+def test_write_matches_builtin(run: Any, tmp_path: pathlib.Path, encoding: str) -> None:
+    """Every newline mode (one loop per encoding: keeps the run short)."""
     pieces = ["first\n", "second\r\n", "third\r", "€ uro\n" * 3, "", "end"]
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    with builtins.open(theirs, "w", encoding=encoding, newline=newline) as g:
-        for s in pieces:
-            g.write(s)
-    with builtins.open(theirs, "a", encoding=encoding, newline=newline) as g:
-        g.writelines(["appended\n", "more"])
+    for i, newline in enumerate(NEWLINES):
+        theirs = tmp_path / f"theirs{i}"
+        with builtins.open(theirs, "w", encoding=encoding, newline=newline) as g:
+            for s in pieces:
+                g.write(s)
+        with builtins.open(theirs, "a", encoding=encoding, newline=newline) as g:
+            g.writelines(["appended\n", "more"])
 
     async def main() -> None:
-        async with uringloop.open(ours, "w", encoding=encoding, newline=newline) as f:
-            for s in pieces:
-                assert await f.write(s) == len(s)
-        async with uringloop.open(ours, "a", encoding=encoding, newline=newline) as f:
-            await f.writelines(["appended\n", "more"])
+        for i, newline in enumerate(NEWLINES):
+            ours = tmp_path / f"ours{i}"
+            async with uringloop.open(ours, "w", encoding=encoding, newline=newline) as f:
+                for s in pieces:
+                    assert await f.write(s) == len(s)
+            async with uringloop.open(ours, "a", encoding=encoding, newline=newline) as f:
+                await f.writelines(["appended\n", "more"])
     run(main())
-    assert ours.read_bytes() == theirs.read_bytes()
+    for i, newline in enumerate(NEWLINES):
+        assert (tmp_path / f"ours{i}").read_bytes() == (tmp_path / f"theirs{i}").read_bytes(), \
+            newline
 
 
 def test_encode_errors(run: Any, tmp_path: pathlib.Path) -> None:
@@ -238,3 +243,28 @@ def test_default_encoding_is_the_builtins(run: Any, tmp_path: pathlib.Path) -> N
             return f.encoding, await f.read()
     enc, data = run(main())
     assert data == exp[1]
+
+
+def test_tell_refuses_a_position_it_cannot_name(run: Any, tmp_path: pathlib.Path) -> None:
+    """UTF-16 with a big-endian BOM on a little-endian machine: the byte order is
+    decoder state a plain offset cannot carry; tell() raises, never lies.  (The
+    native byte order is the decoder's state 0: there tell/seek work.)"""
+    be, native = tmp_path / "be", tmp_path / "native"
+    be.write_bytes(b"\xfe\xff" + "one\ntwo\n".encode("utf-16-be"))
+    native.write_text("one\ntwo\n", encoding="utf-16")
+
+    async def main() -> None:
+        async with uringloop.open(be, encoding="utf-16") as f:
+            assert f.tell() == 0
+            assert await f.readline() == "one\n"
+            with pytest.raises(OSError):
+                f.tell()
+            assert await f.read() == "two\n"
+            assert await f.seek(0) == 0 and await f.readline() == "one\n"
+        async with uringloop.open(native, encoding="utf-16") as f:
+            assert await f.readline() == "one\n"
+            cookie = f.tell()
+            assert await f.readline() == "two\n"
+            await f.seek(cookie)
+            assert await f.read() == "two\n"
+    run(main())
