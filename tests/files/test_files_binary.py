@@ -460,3 +460,16 @@ def test_fd_given_by_the_caller_stays_open_on_failure(run: Any, tmp_path: pathli
         finally:
             os.close(fd)
     run(main())
+
+
+def test_character_devices(run: Any) -> None:
+    async def main() -> None:
+        async with uringloop.open("/dev/zero", "rb") as f:
+            assert not f.seekable()
+            assert await f.read(100) == b"\0" * 100
+            assert await f.readline(10) == b"\0" * 10
+        async with uringloop.open("/dev/null", "rb") as f:
+            assert await f.read() == b""
+        async with uringloop.open("/dev/null", "w", encoding="utf-8") as t:
+            assert await t.write("discarded\n") == 10
+    run(main())
