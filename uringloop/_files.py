@@ -483,9 +483,11 @@ class AsyncFile:
             return
         self._closed = True
         if self._closefd:
-            warnings.warn(f"unclosed file {self!r}", ResourceWarning, source=self)
-            # No op on this fd is in flight (each op keeps this object alive).
-            _close_quietly(self._fd)
+            try:
+                warnings.warn(f"unclosed file {self!r}", ResourceWarning, source=self)
+            finally:
+                # No op on this fd is in flight (each op keeps this object alive).
+                _close_quietly(self._fd)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -992,8 +994,8 @@ class AsyncTextFile:
     for universal newlines, as ``io.TextIOWrapper`` does.  ``tell()`` returns
     the byte position of the next character (an opaque cookie for
     ``seek()``, as with the built-in); it is exact for the usual encodings
-    (UTF-8, Latin-1, ASCII...) and raises OSError where no byte position
-    corresponds (stateful encodings mid-stream).
+    (UTF-8, Latin-1, ASCII, cp1252, UTF-16 in native byte order) and raises
+    OSError where the decoder holds state a byte offset cannot carry.
     """
 
     _CHUNK = 8192

@@ -29,7 +29,6 @@ def _write_raw(path: pathlib.Path, text: str, encoding: str) -> None:
 @pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "utf-8-sig", "utf-16"])
 def test_read_matches_builtin(run: Any, tmp_path: pathlib.Path, encoding: str,
                               newline: str | None) -> None:
-    # (20 small tests: 0.1 s each, mostly the top-level conftest's per-test checks)
     text = BODY if encoding != "latin-1" else BODY.encode("latin-1", "replace").decode("latin-1")
     p = tmp_path / "t.txt"
     _write_raw(p, text, encoding)
