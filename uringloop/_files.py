@@ -606,9 +606,10 @@ class AsyncFile:
         """WRITE all of data (bytes: immutable while in flight)."""
         proactor = self._check_writable()
         append = self._append
+        view = memoryview(data)      # slices share data's memory: no copies on short writes
         done = 0
         while done < len(data):
-            chunk = data[done:done + _MAX_RW] if done or len(data) > _MAX_RW else data
+            chunk = view[done:done + _MAX_RW] if done or len(data) > _MAX_RW else data
             cbuf = ffi.from_buffer(chunk)
             if pos is not None:
                 off = pos + done
