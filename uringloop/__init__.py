@@ -16,6 +16,7 @@ import threading
 import warnings
 from typing import Any, Callable, Coroutine, TypeVar
 
+from ._files import mkdir, open, rename, stat, unlink
 from ._loop import Loop, LoopStatistics
 from ._ring import Features, UringUnavailableError
 
@@ -26,8 +27,13 @@ __all__ = [
     "LoopStatistics",
     "UringUnavailableError",
     "install",
+    "mkdir",
     "new_event_loop",
+    "open",
+    "rename",
     "run",
+    "stat",
+    "unlink",
 ]
 
 __version__ = "0.1.0"
