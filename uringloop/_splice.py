@@ -1,0 +1,187 @@
+"""sendfile through the ring: IORING_OP_SPLICE, file -> pipe -> socket.
+
+``loop.sock_sendfile()`` and ``loop.sendfile()`` (which calls it for a plain
+stream transport) end in ``_sock_sendfile_native``.  CPython's Unix loop
+calls ``os.sendfile()`` there, driven by write readiness (uringloop drives it
+by ring polls).  ``os.sendfile()`` runs in the loop's thread: when the file's
+pages are not in the page cache, the loop blocks on the disk.
+
+Here each chunk is two splices submitted to the ring: file -> pipe (at an
+explicit file offset; the kernel runs it in an io-wq worker, so a page-cache
+miss blocks a kernel thread, never the loop), then pipe -> socket (the pipe
+holds page references, not copies).  The pipe is made as large as the
+system allows (``SPLICE_PIPE_SIZE``, 1 MiB) and is one per operation,
+O_CLOEXEC, closed on every exit.  A socket whose send buffer is full answers
+the second splice with EAGAIN (asyncio sockets are non-blocking): a ring
+poll for POLLOUT, then the splice again.
+
+Semantics are stock's: ``count``/``offset`` as ``os.sendfile`` loops use
+them, the file position set to ``offset + sent`` when anything was sent
+(also on error and cancellation), SendfileNotAvailableError (so
+``sock_sendfile`` falls back to read/send) when nothing could be sent.
+Files that are not regular files, payloads below ``SPLICE_THRESHOLD`` and
+rings without SPLICE take stock's os.sendfile path.
+
+Ownership: each splice is a FutureOp holding the socket, the file object and
+the pipe; cancelling the coroutine only requests cancellation of the splice
+in flight.  The pipe fds are closed after the SQ has been flushed (the
+kernel then holds its own references to the files, see docs/design.md §4).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import os
+import select
+import stat
+from asyncio import exceptions, unix_events
+from typing import Any
+
+from . import _ring
+from ._proactor import FutureOp, Proactor
+from ._ring import ffi, lib
+
+_OFF_NONE = 2**64 - 1   # "use the fd's own position": required for pipes and sockets
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+#: The pipe size asked for (the kernel grants up to /proc/sys/fs/pipe-max-size
+#: to unprivileged users, and falls back to its default, 64 KiB, on refusal).
+SPLICE_PIPE_SIZE = 1024 * 1024
+
+
+def _threshold_from_env(default: int) -> int:
+    raw = os.environ.get("URINGLOOP_SPLICE_THRESHOLD", "").strip()
+    if not raw:
+        return default
+    try:
+        return max(int(raw, 0), 0)
+    except ValueError:
+        raise ValueError(f"URINGLOOP_SPLICE_THRESHOLD must be an integer (bytes; 0 = off), "
+                         f"not {raw!r}") from None
+
+
+#: sendfile of at least this many bytes (``count``, or the file size) goes
+#: through ring splices; smaller ones take os.sendfile.  0 switches splicing
+#: off.  See docs/benchmarks.md, "Zero-copy".
+SPLICE_THRESHOLD = _threshold_from_env(1)
+
+_stock_sock_sendfile_native: Any = unix_events._UnixSelectorEventLoop._sock_sendfile_native
+
+#: Process-wide counter of sendfile calls that took the splice path (tests).
+splice_stats = {"calls": 0}
+
+
+class _SplicePipe:
+    """The pipe between the file and the socket: one per sendfile call."""
+
+    __slots__ = ("rfd", "wfd", "size")
+
+    def __init__(self) -> None:
+        self.rfd, self.wfd = os.pipe2(os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.wfd, _F_SETPIPE_SZ, SPLICE_PIPE_SIZE)
+        except OSError:
+            pass   # EPERM over the per-user pipe budget: the default size works too
+        try:
+            self.size = fcntl.fcntl(self.wfd, _F_GETPIPE_SZ)
+        except OSError:
+            self.size = 65536
+
+    def close(self) -> None:
+        for fd in (self.rfd, self.wfd):
+            if fd >= 0:
+                os.close(fd)
+        self.rfd = self.wfd = -1
+
+
+def _splice(proactor: Proactor, fd_in: int, off_in: int, fd_out: int, nbytes: int,
+            keep: Any) -> Any:
+    """One IORING_OP_SPLICE; the future's result is the byte count."""
+    fut = proactor.new_future()
+    op = FutureOp(fut, keep)
+    ud = proactor.register(op)
+    # SQE: fd = fd_out, off = off_out, splice_off_in (the addr field),
+    # splice_fd_in (the file_index field), len, splice_flags.
+    ret = lib.ul_prep_ext(proactor._ptr, _ring.OP_SPLICE, fd_out,
+                          ffi.cast("void *", off_in & _OFF_NONE), nbytes, _OFF_NONE,
+                          0, 0, fd_in, 0, 0, 0, ud)
+    proactor.submit_prepared(op, ret)
+    return proactor.future_op(op)
+
+
+async def sock_sendfile_native(loop: Any, sock: Any, file: Any, offset: int,
+                               count: int | None) -> int:
+    """``_sock_sendfile_native`` of uringloop.Loop (see the module docstring)."""
+    proactor: Proactor = loop._proactor
+    threshold = SPLICE_THRESHOLD
+    if not threshold or not proactor.ring.features.splice:
+        return await _stock_sock_sendfile_native(loop, sock, file, offset, count)
+    try:
+        fileno = file.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        raise exceptions.SendfileNotAvailableError("not a regular file") from None
+    try:
+        st = os.fstat(fileno)
+    except OSError:
+        raise exceptions.SendfileNotAvailableError("not a regular file") from None
+    if not stat.S_ISREG(st.st_mode):
+        # Stock decides (os.sendfile refuses most of them: read/send fallback).
+        return await _stock_sock_sendfile_native(loop, sock, file, offset, count)
+    blocksize = count if count else st.st_size
+    if not blocksize:
+        return 0   # empty file, as stock
+    if blocksize < threshold:
+        return await _stock_sock_sendfile_native(loop, sock, file, offset, count)
+    splice_stats["calls"] += 1
+    return await _splice_loop(proactor, sock, file, fileno, offset, count)
+
+
+async def _splice_loop(proactor: Proactor, sock: Any, file: Any, fileno: int,
+                       offset: int, count: int | None) -> int:
+    pipe = _SplicePipe()
+    keep = (sock, file, pipe)
+    sock_fd = sock.fileno()
+    total = 0
+    try:
+        size = pipe.size
+        while True:
+            want = size if not count else min(size, count - total)
+            if want <= 0:
+                break
+            try:
+                n = await _splice(proactor, fileno, offset + total, pipe.wfd, want, keep)
+            except OSError as exc:
+                raise _sendfile_error(exc, total) from exc
+            if n == 0:
+                break   # end of file
+            while n:
+                try:
+                    m = await _splice(proactor, pipe.rfd, -1, sock_fd, n, keep)
+                except BlockingIOError:
+                    # Send buffer full: wait for room on the ring, then again.
+                    await proactor.poll(sock_fd, select.POLLOUT)
+                    continue
+                except OSError as exc:
+                    raise _sendfile_error(exc, total) from exc
+                n -= m
+                total += m
+        return total
+    finally:
+        if total > 0:
+            os.lseek(fileno, offset + total, os.SEEK_SET)   # stock's filepos update
+        # A splice cancelled just now may still be prepared and not yet submitted:
+        # submit it, so the kernel holds its own reference to the pipe, then close.
+        proactor.flush()
+        pipe.close()
+
+
+def _sendfile_error(exc: OSError, total: int) -> BaseException:
+    """Stock's error mapping: nothing sent -> fall back; else the error."""
+    if total == 0:
+        return exceptions.SendfileNotAvailableError("splice failed")
+    if exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+        return ConnectionError("socket is not connected", errno.ENOTCONN)
+    return exc
