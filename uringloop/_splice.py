@@ -22,14 +22,17 @@ them, the file position set to ``offset + sent`` when anything was sent
 Files that are not regular files, payloads below ``SPLICE_THRESHOLD`` and
 rings without SPLICE take stock's os.sendfile path.
 
-Ownership: each splice is a FutureOp holding the socket, the file object and
-the pipe; cancelling the coroutine only requests cancellation of the splice
-in flight.  The pipe fds are closed after the SQ has been flushed (the
-kernel then holds its own references to the files, see docs/design.md §4).
+Ownership: each splice is an op holding the socket, the file object and the
+pipe.  Cancelling the coroutine only requests cancellation of the splice in
+flight and then waits for its final CQE: bytes that reached the socket
+anyway are counted, so after a cancellation the file position is exactly
+``offset`` + what the peer will receive, as with stock.  The pipe is closed
+only when no splice is in flight (after an SQ flush, for a cancelled poll).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import io
@@ -40,7 +43,7 @@ from asyncio import exceptions, unix_events
 from typing import Any
 
 from . import _ring
-from ._proactor import FutureOp, Proactor
+from ._proactor import CallbackOp, Proactor, os_error
 from ._ring import ffi, lib
 
 _OFF_NONE = 2**64 - 1   # "use the fd's own position": required for pipes and sockets
@@ -97,19 +100,61 @@ class _SplicePipe:
         self.rfd = self.wfd = -1
 
 
-def _splice(proactor: Proactor, fd_in: int, off_in: int, fd_out: int, nbytes: int,
-            keep: Any) -> Any:
-    """One IORING_OP_SPLICE; the future's result is the byte count."""
-    fut = proactor.new_future()
-    op = FutureOp(fut, keep)
-    ud = proactor.register(op)
-    # SQE: fd = fd_out, off = off_out, splice_off_in (the addr field),
-    # splice_fd_in (the file_index field), len, splice_flags.
-    ret = lib.ul_prep_ext(proactor._ptr, _ring.OP_SPLICE, fd_out,
-                          ffi.cast("void *", off_in & _OFF_NONE), nbytes, _OFF_NONE,
-                          0, 0, fd_in, 0, 0, 0, ud)
-    proactor.submit_prepared(op, ret)
-    return proactor.future_op(op)
+class _Splice:
+    """One IORING_OP_SPLICE; ``wait()`` returns its result (bytes moved or -errno).
+
+    Cancelling the waiting task only *requests* cancellation: ``wait()`` still
+    waits for the kernel's answer and raises :class:`_Cancelled` carrying it,
+    so the caller knows exactly how many bytes the socket got.
+    """
+
+    __slots__ = ("fut", "op", "proactor")
+
+    def __init__(self, proactor: Proactor, fd_in: int, off_in: int, fd_out: int,
+                 nbytes: int, keep: Any) -> None:
+        self.proactor = proactor
+        self.fut = proactor._loop.create_future()  # type: ignore[union-attr]
+        self.op = op = CallbackOp(self._done, keep)
+        ud = proactor.register(op)
+        # SQE: fd = fd_out, off = off_out, splice_off_in (the addr field),
+        # splice_fd_in (the file_index field), len, splice_flags.
+        ret = lib.ul_prep_ext(proactor._ptr, _ring.OP_SPLICE, fd_out,
+                              ffi.cast("void *", off_in & _OFF_NONE), nbytes, _OFF_NONE,
+                              0, 0, fd_in, 0, 0, 0, ud)
+        proactor.submit_prepared(op, ret)
+
+    def _done(self, res: int, flags: int) -> None:
+        if not self.fut.done():
+            self.fut.set_result(res)
+
+    async def wait(self) -> int:
+        fut = self.fut
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.done():
+                raise _Cancelled(fut.result()) from None
+            self.proactor.cancel(self.op.ud)
+        while not fut.done():
+            try:
+                await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                pass   # cancelled again: the kernel's answer is still on its way
+        raise _Cancelled(fut.result())
+
+
+class _Cancelled(BaseException):
+    """The task was cancelled while a splice was in flight; ``res``: its result."""
+
+    def __init__(self, res: int) -> None:
+        super().__init__(res)
+        self.res = res
+
+
+def _check(res: int) -> int:
+    if res < 0:
+        raise os_error(res)
+    return res
 
 
 async def sock_sendfile_native(loop: Any, sock: Any, file: Any, offset: int,
@@ -152,14 +197,21 @@ async def _splice_loop(proactor: Proactor, sock: Any, file: Any, fileno: int,
             if want <= 0:
                 break
             try:
-                n = await _splice(proactor, fileno, offset + total, pipe.wfd, want, keep)
+                n = _check(await _Splice(proactor, fileno, offset + total, pipe.wfd,
+                                         want, keep).wait())
+            except _Cancelled:
+                raise asyncio.CancelledError() from None   # nothing new reached the socket
             except OSError as exc:
                 raise _sendfile_error(exc, total) from exc
             if n == 0:
                 break   # end of file
             while n:
                 try:
-                    m = await _splice(proactor, pipe.rfd, -1, sock_fd, n, keep)
+                    m = _check(await _Splice(proactor, pipe.rfd, -1, sock_fd, n, keep).wait())
+                except _Cancelled as c:
+                    if c.res > 0:
+                        total += c.res   # the socket got these: the file position says so
+                    raise asyncio.CancelledError() from None
                 except BlockingIOError:
                     # Send buffer full: wait for room on the ring, then again.
                     await proactor.poll(sock_fd, select.POLLOUT)
@@ -172,8 +224,8 @@ async def _splice_loop(proactor: Proactor, sock: Any, file: Any, fileno: int,
     finally:
         if total > 0:
             os.lseek(fileno, offset + total, os.SEEK_SET)   # stock's filepos update
-        # A splice cancelled just now may still be prepared and not yet submitted:
-        # submit it, so the kernel holds its own reference to the pipe, then close.
+        # Every splice has had its final CQE (see _Splice.wait); a cancelled poll
+        # may still be prepared: submit it before the fds can be reused.
         proactor.flush()
         pipe.close()
 
