@@ -132,11 +132,12 @@ async def _ticker(gaps: list[float], stop: asyncio.Event) -> None:
         gaps.append(time.perf_counter() - t - 0.001)
 
 
-async def _sendfile_round(port: int, path: str, cold: bool = False
+async def _sendfile_round(port: int, path: str, cold: bool = False, repeat: int = 1
                           ) -> tuple[float, float, float]:
     loop = asyncio.get_running_loop()
     tr, pr = await loop.create_connection(_Client, "127.0.0.1", port)
-    size = os.path.getsize(path)
+    fsize = os.path.getsize(path)
+    size = fsize * repeat
     with open(path, "rb") as f:
         if cold:   # evict the file's pages: every read is a page-cache miss
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -145,7 +146,9 @@ async def _sendfile_round(port: int, path: str, cold: bool = False
         ticker = asyncio.ensure_future(_ticker(gaps, stop))
         await asyncio.sleep(0)
         t0, c0 = time.perf_counter(), _cpu()
-        sent = await loop.sendfile(tr, f)
+        sent = 0
+        for _ in range(repeat):
+            sent += await loop.sendfile(tr, f, 0)
         tr.write_eof()
         got = await pr.done
         wall, cpu = time.perf_counter() - t0, _cpu() - c0
@@ -204,22 +207,26 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 row["zc_copied"] = _stream.zc_stats["copied"] - stats0["copied"]
                 results["write"][f"{size // 1024} KiB"] = row
                 print(f"write {size // 1024:>5} KiB: {json.dumps(row)}", flush=True)
-            fsize = (16 if args.quick else 64) * MiB
-            with tempfile.NamedTemporaryFile(dir=args.tmpdir) as f:
-                f.write(os.urandom(fsize))
-                f.flush()
-                os.fsync(f.fileno())
-                with open(f.name, "rb") as warm:   # page-cache warm
-                    while warm.read(MiB):
-                        pass
-                for cold in (False, True):
+            big = (16 if args.quick else 64) * MiB
+            cases = [(256 * 1024, False), (4 * MiB, False), (big, False), (big, True)]
+            for fsize, cold in cases:
+                with tempfile.NamedTemporaryFile(dir=args.tmpdir) as f:
+                    f.write(os.urandom(fsize))
+                    f.flush()
+                    os.fsync(f.fileno())
+                    with open(f.name, "rb") as warm:   # page-cache warm
+                        while warm.read(MiB):
+                            pass
+                    repeat = max(1, big // fsize // 4)   # a round moves >= big/4
                     samples = {k: [] for k in SENDFILE_VARIANTS}
                     for _ in range(args.rounds):
                         for name, thr in SENDFILE_VARIANTS.items():
                             _splice.SPLICE_THRESHOLD = thr
-                            samples[name].append(await _sendfile_round(port, f.name, cold))
+                            samples[name].append(
+                                await _sendfile_round(port, f.name, cold, repeat))
                     row = _summary(samples)
-                    key = f"{fsize // MiB} MiB {'cold' if cold else 'warm'}"
+                    label = f"{fsize // MiB} MiB" if fsize >= MiB else f"{fsize // 1024} KiB"
+                    key = f"{label} {'cold' if cold else 'warm'} x{repeat}"
                     results["sendfile"][key] = row
                     print(f"sendfile {key}: {json.dumps(row)}", flush=True)
         finally:
