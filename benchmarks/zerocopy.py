@@ -166,7 +166,7 @@ WRITE_VARIANTS = {
     "zc": (1, False),
     "zc+send": (1, True),
 }
-SENDFILE_VARIANTS = {"splice": 1, "os.sendfile": 0}
+SENDFILE_VARIANTS = {"splice": (1, True), "splice-ring2": (1, False), "os.sendfile": (0, True)}
 
 
 def _summary(samples: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
@@ -193,7 +193,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, Any] = {"write": {}, "sendfile": {}}
         sizes = [64 * 1024, 256 * 1024, MiB, 4 * MiB]
         total = (16 if args.quick else 64) * MiB
-        saved = (_stream.ZC_THRESHOLD, _stream.ZC_TRY_SEND_FIRST, _splice.SPLICE_THRESHOLD)
+        saved = (_stream.ZC_THRESHOLD, _stream.ZC_TRY_SEND_FIRST, _splice.SPLICE_THRESHOLD,
+                 _splice.SPLICE_OUT_INLINE)
         try:
             for size in sizes:
                 samples: dict[str, list[tuple[float, float]]] = {k: [] for k in WRITE_VARIANTS}
@@ -220,8 +221,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                     repeat = max(1, big // fsize // 4)   # a round moves >= big/4
                     samples = {k: [] for k in SENDFILE_VARIANTS}
                     for _ in range(args.rounds):
-                        for name, thr in SENDFILE_VARIANTS.items():
+                        for name, (thr, inline) in SENDFILE_VARIANTS.items():
                             _splice.SPLICE_THRESHOLD = thr
+                            _splice.SPLICE_OUT_INLINE = inline
                             samples[name].append(
                                 await _sendfile_round(port, f.name, cold, repeat))
                     row = _summary(samples)
@@ -230,7 +232,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                     results["sendfile"][key] = row
                     print(f"sendfile {key}: {json.dumps(row)}", flush=True)
         finally:
-            _stream.ZC_THRESHOLD, _stream.ZC_TRY_SEND_FIRST, _splice.SPLICE_THRESHOLD = saved
+            (_stream.ZC_THRESHOLD, _stream.ZC_TRY_SEND_FIRST, _splice.SPLICE_THRESHOLD,
+             _splice.SPLICE_OUT_INLINE) = saved
         return results
     finally:
         sink.kill()

@@ -374,8 +374,11 @@ async def _sock_sendfile_case(f: Any, data: bytes, offset: int, count: int | Non
         b.close()
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["out-inline", "out-ring"])
 @pytest.mark.asyncio
-async def test_sock_sendfile_whole_file(datafile: tuple[Any, bytes]) -> None:
+async def test_sock_sendfile_whole_file(datafile: tuple[Any, bytes], inline: bool,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_splice, "SPLICE_OUT_INLINE", inline)
     f, data = datafile
     sent, got = await _sock_sendfile_case(f, data, 0, None)
     assert sent == len(data) and got == data
@@ -446,10 +449,13 @@ async def test_transport_sendfile(datafile: tuple[Any, bytes]) -> None:
         await _close_server(server, *(x.transport for x in sinks))
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["out-inline", "out-ring"])
 @pytest.mark.asyncio
-async def test_sock_sendfile_cancelled_mid_transfer() -> None:
+async def test_sock_sendfile_cancelled_mid_transfer(inline: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Cancelled while the peer does not read: no fd or op left behind, and the
     file position says exactly how much the peer gets (stock's contract)."""
+    monkeypatch.setattr(_splice, "SPLICE_OUT_INLINE", inline)
     loop = asyncio.get_running_loop()
     data = os.urandom(24 * 1024 * 1024)
     with tempfile.TemporaryFile() as f:
