@@ -71,8 +71,12 @@ def _threshold_from_env(default: int) -> int:
 
 #: sendfile of at least this many bytes (``count``, or the file size) goes
 #: through ring splices; smaller ones take os.sendfile.  0 switches splicing
-#: off.  See docs/benchmarks.md, "Zero-copy".
-SPLICE_THRESHOLD = _threshold_from_env(1)
+#: off.  Measured (docs/benchmarks.md, "Zero-copy"): on a page-cache-warm file
+#: os.sendfile needs 0.65-0.8x the CPU per MiB of the splices; on a cold 64 MiB
+#: file it blocks the loop for ~14 ms at a time where the splices block it for
+#: 1-5 ms.  Small files cost splicing the most (a pipe and two splices per
+#: call) and stall os.sendfile the least: they keep os.sendfile.
+SPLICE_THRESHOLD = _threshold_from_env(1024 * 1024)
 
 #: pipe -> socket as a non-blocking splice(2) in the loop's thread (it never
 #: blocks: the pages are in the pipe, the socket is non-blocking) rather than

@@ -386,6 +386,28 @@ async def test_sock_sendfile_whole_file(datafile: tuple[Any, bytes], inline: boo
 
 
 @pytest.mark.asyncio
+async def test_sock_sendfile_below_threshold_uses_os_sendfile(
+        datafile: tuple[Any, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_splice, "SPLICE_THRESHOLD", 1 << 20)
+    f, data = datafile
+    loop = asyncio.get_running_loop()
+    a, b = await tcp_pair()
+    try:
+        before = _splice.splice_stats["calls"]
+        reader = asyncio.ensure_future(read_all_sock(b))
+        assert await loop.sock_sendfile(a, f, 100, 500_000) == 500_000
+        assert await loop.sock_sendfile(a, f, 0, None) == len(data)   # above: splices
+        a.shutdown(socket.SHUT_WR)
+        assert await reader == data[100:500_100] + data
+        assert f.tell() == len(data)
+        if is_uringloop(loop) and loop.features.splice:  # type: ignore[attr-defined]
+            assert _splice.splice_stats["calls"] == before + 1
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.asyncio
 async def test_sock_sendfile_offset_and_count(datafile: tuple[Any, bytes]) -> None:
     f, data = datafile
     sent, got = await _sock_sendfile_case(f, data, 12345, 2_000_000)
