@@ -84,7 +84,14 @@ SPLICE_THRESHOLD = _threshold_from_env(1024 * 1024)
 SPLICE_OUT_INLINE = True
 _SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 
-_stock_sock_sendfile_native: Any = unix_events._UnixSelectorEventLoop._sock_sendfile_native
+_UnixLoop: Any = unix_events._UnixSelectorEventLoop
+
+
+async def _stock_sock_sendfile_native(loop: Any, sock: Any, file: Any, offset: int,
+                                      count: int | None) -> int:
+    """CPython's os.sendfile path (driven by ring polls on uringloop)."""
+    sent: int = await _UnixLoop._sock_sendfile_native(loop, sock, file, offset, count)
+    return sent
 
 #: Process-wide counter of sendfile calls that took the splice path (tests).
 splice_stats = {"calls": 0}
@@ -93,7 +100,7 @@ splice_stats = {"calls": 0}
 class _SplicePipe:
     """The pipe between the file and the socket: one per sendfile call."""
 
-    __slots__ = ("rfd", "wfd", "size")
+    __slots__ = ("rfd", "size", "wfd")
 
     def __init__(self) -> None:
         self.rfd, self.wfd = os.pipe2(os.O_CLOEXEC)

@@ -460,25 +460,23 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._send_op is None:
             zc = self._zc_min
             if zc and len(data) >= zc and not ZC_TRY_SEND_FIRST and type(data) is bytes:
-                # Large immutable payload: straight to a zero-copy send.
-                self._start_send(data, 0)
-                self._maybe_pause_protocol()
-                return
-            # Idle: try the send now, as CPython's selector transport does.  A
-            # complete send needs no op and no completion at all (measured: the
-            # cheapest path for request/response traffic), and the write buffer
-            # size, hence flow control, means what it means under stock asyncio.
-            try:
-                n = self._sock.send(data)  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on socket transport")
-                return
-            if n == len(data):
-                return
+                n = 0   # a large immutable payload: straight to a zero-copy send
+            else:
+                # Idle: try the send now, as CPython's selector transport does.  A
+                # complete send needs no op and no completion at all (measured: the
+                # cheapest path for request/response traffic), and the write buffer
+                # size, hence flow control, means what it means under stock asyncio.
+                try:
+                    n = self._sock.send(data)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal write error on socket transport")
+                    return
+                if n == len(data):
+                    return
             # The rest goes to the ring.  The kernel reads this memory until the
             # send completes: own an immutable copy unless it already is one.
             self._start_send(data if type(data) is bytes else bytes(data), n)
