@@ -200,13 +200,16 @@ async def sock_sendfile_native(loop: Any, sock: Any, file: Any, offset: int,
         return 0   # empty file, as stock
     if blocksize < threshold:
         return await _stock_sock_sendfile_native(loop, sock, file, offset, count)
+    try:
+        pipe = _SplicePipe()
+    except OSError:   # out of fds or pipe memory: stock's path needs neither
+        return await _stock_sock_sendfile_native(loop, sock, file, offset, count)
     splice_stats["calls"] += 1
-    return await _splice_loop(proactor, sock, file, fileno, offset, count)
+    return await _splice_loop(proactor, pipe, sock, file, fileno, offset, count)
 
 
-async def _splice_loop(proactor: Proactor, sock: Any, file: Any, fileno: int,
-                       offset: int, count: int | None) -> int:
-    pipe = _SplicePipe()
+async def _splice_loop(proactor: Proactor, pipe: _SplicePipe, sock: Any, file: Any,
+                       fileno: int, offset: int, count: int | None) -> int:
     keep = (sock, file, pipe)
     sock_fd = sock.fileno()
     total = 0
@@ -242,6 +245,9 @@ async def _splice_loop(proactor: Proactor, sock: Any, file: Any, fileno: int,
                     continue
                 except OSError as exc:
                     raise _sendfile_error(exc, total) from exc
+                if m <= 0:   # cannot happen with n bytes in the pipe: never spin
+                    raise _sendfile_error(OSError(errno.EIO, "splice from the pipe moved "
+                                                  "nothing"), total)
                 n -= m
                 total += m
         return total
