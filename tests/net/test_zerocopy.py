@@ -606,3 +606,20 @@ async def test_sock_sendfile_peer_closed(datafile: tuple[Any, bytes]) -> None:
 
 # keep the flake8/mypy quiet about names only some tests use
 _ = (ssl, RecordingProtocol)
+
+
+def test_benchmark_script_runs(tmp_path: Any) -> None:
+    """benchmarks/zerocopy.py still works (one quick round; no timing asserted)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "zc.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.zerocopy", "--quick",
+                           "--rounds", "1", "--tmpdir", str(tmp_path), "--json", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(out.read_text())
+    assert set(results["write"]) == {"64 KiB", "256 KiB", "1024 KiB", "4096 KiB"}
+    assert {"splice", "splice-ring2", "os.sendfile"} <= set(results["sendfile"]["16 MiB cold x1"])
