@@ -316,6 +316,9 @@ def test_public_names() -> None:
     for name in uringloop.__all__:
         assert getattr(uringloop, name) is not None, name
     assert issubclass(uringloop.UringUnavailableError, OSError)
+    # The file API is public, but a star import must not shadow builtins.open.
+    for name in ("open", "stat", "rename", "unlink", "mkdir"):
+        assert callable(getattr(uringloop, name)) and name not in uringloop.__all__
     assert uringloop.__version__ == importlib.metadata.version("uringloop")
 
 

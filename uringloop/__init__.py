@@ -27,14 +27,12 @@ __all__ = [
     "LoopStatistics",
     "UringUnavailableError",
     "install",
-    "mkdir",
     "new_event_loop",
-    "open",
-    "rename",
     "run",
-    "stat",
-    "unlink",
 ]
+# uringloop.open, .stat, .rename, .unlink and .mkdir are public but not in
+# __all__: ``from uringloop import *`` must not shadow the built-in open() or
+# os-style names in the importing module.
 
 __version__ = "0.1.0"
 

@@ -43,6 +43,7 @@ FEATURE_KERNELS = {
     "poll_multishot": "5.13",
     "waitid": "6.7",
     "send_zc": "6.0",
+    "splice": "5.7",
 }
 
 _SECCOMP_MODES = {0: "none", 1: "strict", 2: "filter"}

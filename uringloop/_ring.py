@@ -95,6 +95,11 @@ CQE_F_BUFFER = 1 << 0
 CQE_F_MORE = 1 << 1
 CQE_F_SOCK_NONEMPTY = 1 << 2
 CQE_F_NOTIF = 1 << 3
+# SEND_ZC: ask for the notification's res to say whether the kernel copied
+# anyway (6.2+), and the bit it sets then.
+SEND_ZC_REPORT_USAGE = 1 << 3
+NOTIF_USAGE_ZC_COPIED = 1 << 31
+SPLICE_F_FD_IN_FIXED = 1 << 31
 CQE_BUFFER_SHIFT = 16
 
 ASYNC_CANCEL_ALL = 1 << 0
@@ -142,7 +147,8 @@ OPTIONAL_FEATURES = frozenset({
     "buf_ring",           # -> recv into our own buffers (implies no recv_multishot)
     "poll_multishot",     # -> re-armed single-shot poll
     "waitid",             # -> pidfd poll
-    "send_zc",
+    "send_zc",            # -> plain IORING_OP_SEND for every write
+    "splice",             # -> os.sendfile driven by ring polls for sendfile
 })
 
 #: The setup flags each optional setup feature stands for.
@@ -329,6 +335,7 @@ class Features:
     poll_multishot: bool
     waitid: bool
     send_zc: bool
+    splice: bool
     disabled: frozenset[str]
 
     def summary(self) -> dict[str, object]:
@@ -473,6 +480,7 @@ class Ring:
             poll_multishot=gen_513 and "poll_multishot" not in disabled,
             waitid="waitid" in ops and "waitid" not in disabled,
             send_zc="send_zc" in ops and "send_zc" not in disabled,
+            splice="splice" in ops and "splice" not in disabled,
             disabled=disabled,
         )
 

@@ -25,6 +25,15 @@ Observable states of the write side (after CPython's proactor transport):
 1. IDLE: no send in flight, buffer empty
 2. SENDING: a send in flight, buffer empty
 3. BACKED UP: a send in flight, buffer not empty
+
+Zero-copy sends: a send of at least ``ZC_THRESHOLD`` bytes (0: never; the
+environment variable URINGLOOP_ZC_THRESHOLD overrides it; off with
+URINGLOOP_DISABLE=send_zc) goes out as IORING_OP_SEND_ZC.  Its first CQE is
+the result and drives the state machine above exactly like a plain send's;
+the op stays registered (CQE_F_MORE) and keeps the data alive until the
+kernel's notification CQE (CQE_F_NOTIF) says it no longer reads the pages.
+Only memory the op owns is sent that way: ``bytes`` or the swapped-out
+coalescing buffer, never a caller's mutable buffer.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import collections
 import errno
 import logging
 import select
+import os
 import socket
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from typing import Any
@@ -56,6 +66,42 @@ _ENOBUFS = -errno.ENOBUFS
 _FALLBACK_RECV_SIZE = 256 * 1024
 _POLLIN = select.POLLIN | select.POLLRDHUP
 _POLL_END = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_OP_SEND_ZC = _ring.OP_SEND_ZC
+_F_NOTIF = _ring.CQE_F_NOTIF
+_ZC_COPIED = _ring.NOTIF_USAGE_ZC_COPIED
+_EINVAL = -errno.EINVAL
+
+
+def _zc_threshold_from_env(default: int) -> int:
+    raw = os.environ.get("URINGLOOP_ZC_THRESHOLD", "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise ValueError(f"URINGLOOP_ZC_THRESHOLD must be an integer (bytes; 0 = off), "
+                         f"not {raw!r}") from None
+    return max(value, 0)
+
+
+#: Sends of at least this many bytes use IORING_OP_SEND_ZC; 0 switches zero-copy
+#: sends off.  Off by default, opt in with URINGLOOP_ZC_THRESHOLD: measured on
+#: loopback (docs/benchmarks.md, "Zero-copy") the kernel copied every SEND_ZC
+#: anyway (every notification says so) and zero-copy cost 1.3-2.6x the CPU per
+#: MiB of a copying send, at 0.4-0.9x its throughput, 64 KiB to 4 MiB.  Where
+#: the NIC can send from user pages (not measurable here) large sends may gain.
+#: Read when a transport is created.
+ZC_THRESHOLD = _zc_threshold_from_env(0)
+#: Whether write() still tries a plain sock.send() before a zero-copy send.
+#: No: on loopback it is cheaper (the send copies what the kernel would copy
+#: anyway), but where zero-copy pays, a first send() would copy the bulk of
+#: the payload into an empty socket buffer and leave SEND_ZC only the rest.
+ZC_TRY_SEND_FIRST = False
+#: Ask the kernel to report in the notification whether it copied (6.2+);
+#: switched off for the process the first time a kernel refuses the flag.
+_zc_report_usage = True
+#: Process-wide counters of zero-copy sends (diagnostics, benchmarks, tests).
+zc_stats = {"sends": 0, "notifications": 0, "copied": 0}
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -135,6 +181,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._send_data: Any = None
         self._send_off = 0
         self._buffer = bytearray()
+        # Zero-copy sends exist for TCP only (AF_UNIX answers EOPNOTSUPP).
+        self._zc_min = (ZC_THRESHOLD if loop.features.send_zc
+                        and sock.family in (socket.AF_INET, socket.AF_INET6) else 0)
         if server is not None:
             server._attach(self) if _ATTACH_TAKES_TRANSPORT else server._attach()
         loop._transports[self._sock_fd] = self
@@ -518,21 +567,25 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             self._conn_lost += 1
             return
         if self._send_op is None:
-            # Idle: try the send now, as CPython's selector transport does.  A
-            # complete send needs no op and no completion at all (measured: the
-            # cheapest path for request/response traffic), and the write buffer
-            # size, hence flow control, means what it means under stock asyncio.
-            try:
-                n = self._sock.send(data)  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on socket transport")
-                return
-            if n == len(data):
-                return
+            zc = self._zc_min
+            if zc and len(data) >= zc and not ZC_TRY_SEND_FIRST and type(data) is bytes:
+                n = 0   # a large immutable payload: straight to a zero-copy send
+            else:
+                # Idle: try the send now, as CPython's selector transport does.  A
+                # complete send needs no op and no completion at all (measured: the
+                # cheapest path for request/response traffic), and the write buffer
+                # size, hence flow control, means what it means under stock asyncio.
+                try:
+                    n = self._sock.send(data)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal write error on socket transport")
+                    return
+                if n == len(data):
+                    return
             # The rest goes to the ring.  The kernel reads this memory until the
             # send completes: own an immutable copy unless it already is one.
             self._start_send(data if type(data) is bytes else bytes(data), n)
@@ -552,14 +605,44 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     def _start_send(self, data: Any, offset: int) -> None:
         proactor = self._proactor
         cdata = ffi.from_buffer(data)
-        op = CallbackOp(self._on_send, (self._sock, data, cdata))
-        ud = proactor.register(op)
-        ret = lib.ul_prep_rw(proactor._ptr, _OP_SEND, self._sock_fd, cdata + offset,
-                             len(data) - offset, 0, _MSG_NOSIGNAL, ud)
+        nbytes = len(data) - offset
+        zc = self._zc_min
+        if zc and nbytes >= zc:
+            # Zero-copy: the op (and ``data``) stays registered until the
+            # notification CQE, after the result has moved the state machine on.
+            op = CallbackOp(self._on_send_zc, (self._sock, data, cdata), multishot=True)
+            ud = proactor.register(op)
+            ret = lib.ul_prep_ext(proactor._ptr, _OP_SEND_ZC, self._sock_fd, cdata + offset,
+                                  nbytes, 0, _MSG_NOSIGNAL, 0, 0, 0, 0,
+                                  _ring.SEND_ZC_REPORT_USAGE if _zc_report_usage else 0, ud)
+            zc_stats["sends"] += 1
+        else:
+            op = CallbackOp(self._on_send, (self._sock, data, cdata))
+            ud = proactor.register(op)
+            ret = lib.ul_prep_rw(proactor._ptr, _OP_SEND, self._sock_fd, cdata + offset,
+                                 nbytes, 0, _MSG_NOSIGNAL, ud)
         proactor.submit_prepared(op, ret)
         self._send_op = op
         self._send_data = data
         self._send_off = offset
+
+    def _on_send_zc(self, res: int, flags: int) -> None:
+        global _zc_report_usage
+        if flags & _F_NOTIF:
+            # The kernel is done with the pages: the op is final and drops ``data``.
+            zc_stats["notifications"] += 1
+            if res & _ZC_COPIED:
+                zc_stats["copied"] += 1
+            return
+        if (res == _EINVAL and _zc_report_usage and not flags & _F_MORE
+                and not self._conn_lost):
+            # A kernel without IORING_SEND_ZC_REPORT_USAGE (6.0, 6.1): send again
+            # without it; nothing was sent.
+            _zc_report_usage = False
+            self._send_op = None
+            self._start_send(self._send_data, self._send_off)
+            return
+        self._on_send(res, flags)
 
     def _on_send(self, res: int, flags: int) -> None:
         self._send_op = None

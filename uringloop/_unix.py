@@ -10,7 +10,8 @@ These reuse CPython's own transports (``selector_events._SelectorDatagramTranspo
 ``sock_sendfile`` code.  All of them drive I/O only through the loop's
 ``_add_reader``/``_add_writer`` hooks, which on uringloop are polls on the
 ring (see ``_sockets.py``), so they run unchanged, with stock semantics, and
-no epoll anywhere.
+no epoll anywhere.  ``sock_sendfile`` splices through the ring (``_splice.py``)
+and keeps CPython's os.sendfile path for what splicing does not cover.
 
 Child processes are watched through the ring too: IORING_OP_WAITID on a
 pidfd where the kernel has it (6.7+), else a poll on the pidfd followed by
@@ -27,7 +28,7 @@ import socket
 from asyncio import selector_events, unix_events
 from typing import Any
 
-from . import _datagram, _network, _ring
+from . import _datagram, _network, _ring, _splice
 from ._proactor import CallbackOp, Proactor
 from ._ring import ffi, lib
 
@@ -97,9 +98,12 @@ class UnixMixin:
         except OSError as err:
             logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
-    # -- sendfile: os.sendfile (zero copy) driven by ring polls --------------------
+    # -- sendfile: ring splices (_splice.py), else os.sendfile driven by ring polls --
 
-    _sock_sendfile_native = _UnixLoop._sock_sendfile_native
+    async def _sock_sendfile_native(self, sock: Any, file: Any, offset: int,
+                                    count: int | None) -> int:
+        return await _splice.sock_sendfile_native(self, sock, file, offset, count)
+
     _sock_sendfile_native_impl = _UnixLoop._sock_sendfile_native_impl
     _sock_sendfile_update_filepos = _UnixLoop._sock_sendfile_update_filepos
     _sock_add_cancellation_callback = _UnixLoop._sock_add_cancellation_callback

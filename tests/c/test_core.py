@@ -1013,3 +1013,62 @@ def test_refused_bufring_destroy_frees_nothing(rings: list[Ring]) -> None:
         assert owner.call(lambda: lib.ul_bufring_destroy(br)) == 0
     finally:
         owner.stop()
+
+
+# ---- the zero-copy ops through the generic prep (ul_prep_ext) ----------------------
+
+
+def test_splice_through_prep_ext(rings: list[Ring], tmp_path: Any) -> None:
+    """SPLICE needs splice_off_in (the addr field) and splice_fd_in (the file_index
+    field): ul_prep_ext expresses both.  file -> pipe at an offset, then pipe -> pipe
+    with "no offset" (-1) on both ends; the file position is not moved."""
+    ring = new_ring(rings)
+    if "splice" not in ring.features.ops:
+        pytest.skip("no IORING_OP_SPLICE")
+    data = os.urandom(100_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    r1, w1 = os.pipe2(os.O_CLOEXEC)
+    r2, w2 = os.pipe2(os.O_CLOEXEC)
+    try:
+        assert lib.ul_prep_ext(ring.ptr, _ring.OP_SPLICE, w1, ffi.cast("void *", 1000),
+                               5000, OFF_CURRENT, 0, 0, fd, 0, 0, 0, 1) == 0
+        assert wait_for(ring, {1})[1] == (5000, 0)
+        assert lib.ul_prep_ext(ring.ptr, _ring.OP_SPLICE, w2, ffi.cast("void *", OFF_CURRENT),
+                               5000, OFF_CURRENT, 0, 0, r1, 0, 0, 0, 2) == 0
+        assert wait_for(ring, {2})[2] == (5000, 0)
+        assert os.read(r2, 10_000) == data[1000:6000]
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+    finally:
+        for f in (fd, r1, w1, r2, w2):
+            os.close(f)
+
+
+def test_send_zc_result_then_notification(rings: list[Ring]) -> None:
+    """SEND_ZC through ul_prep_ext: a result CQE with F_MORE, then a notification
+    (F_NOTIF, no F_MORE) with the same user_data."""
+    ring = new_ring(rings)
+    if "send_zc" not in ring.features.ops:
+        pytest.skip("no IORING_OP_SEND_ZC")
+    with socket.create_server(("127.0.0.1", 0)) as lsock:
+        a = socket.create_connection(lsock.getsockname())
+        b, _ = lsock.accept()
+        with a, b:
+            payload = ffi.from_buffer(os.urandom(200_000))
+            assert lib.ul_prep_ext(ring.ptr, _ring.OP_SEND_ZC, a.fileno(), payload,
+                                   len(payload), 0, socket.MSG_NOSIGNAL, 0, 0, 0, 0,
+                                   0, 7) == 0
+            seen: list[tuple[int, int, int]] = []
+            got = bytearray()
+            while not any(flags & _ring.CQE_F_NOTIF for _ud, _res, flags in seen):
+                seen.extend(run(ring, 10_000_000))
+                b.setblocking(False)
+                try:
+                    got += b.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+            assert seen[0][0] == 7 and seen[0][1] == len(payload)
+            assert seen[0][2] & F_MORE
+            assert seen[-1][0] == 7 and not seen[-1][2] & F_MORE
+            assert len(seen) == 2
