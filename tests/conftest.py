@@ -10,7 +10,8 @@ Two ways to write a behaviour test, both parametrized over the loops:
 
 Teardown, for both: any call of the loop's exception handler that the test
 did not install a handler for fails the test; a uringloop loop must end with
-no operation in flight; the process must hold no new fd.
+no operation in flight and no provided buffer lent; the process must hold no
+new fd.
 
 Stock asyncio is the oracle: a divergence is marked per test with
 ``is_uringloop(loop)``, never by forking a test.
@@ -113,9 +114,11 @@ def _leak_and_handler_checks(request: pytest.FixtureRequest) -> Any:
             if not loop.is_closed():
                 loop.close()
                 problems.append("uringloop loop left open by the test")
-            in_flight = loop.statistics().ops_in_flight
-            if in_flight:
-                problems.append(f"{in_flight} io_uring operations still in flight")
+            stats = loop.statistics()
+            if stats.ops_in_flight:
+                problems.append(f"{stats.ops_in_flight} io_uring operations still in flight")
+            if stats.buffers_lent:
+                problems.append(f"{stats.buffers_lent} provided buffers never handed back")
         elif not loop.is_closed():
             loop.close()
     del loops
