@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import resource
 from typing import Any
@@ -11,11 +12,19 @@ import uringloop
 
 
 def open_fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+    """Open fds, without the listing's own (closed by the time we look)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fcntl.fcntl(int(name), fcntl.F_GETFD)
+        except OSError:
+            continue
+        fds.add(int(name))
+    return fds
 
 
 def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return len(open_fds())
 
 
 def rss_bytes() -> int:
