@@ -8,6 +8,7 @@ failure, and stays usable.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from typing import Any
 
@@ -87,8 +88,9 @@ FAULTS = ["connection_made", "data_received", "eof_received", "eof_received-retu
 def observe(factory: Any, fault: str) -> dict[str, Any]:
     loop = factory()
     seen: list[tuple[str, str]] = []
+    # Messages name the transport class and may include its repr: masked.
     loop.set_exception_handler(lambda lp, ctx: seen.append(
-        (str(ctx.get("message")).replace(type(ctx.get("transport", "")).__name__, "T")
+        (re.sub(r"\(<.*", "(<transport>)", str(ctx.get("message")))
          .replace("UringSocketTransport", "T").replace("_SelectorSocketTransport", "T"),
          type(ctx.get("exception")).__name__)))
     events: list[Any] = []

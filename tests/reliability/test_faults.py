@@ -8,6 +8,7 @@ checked by ``run_small_ring``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import os
@@ -297,12 +298,25 @@ async def _echo_rounds(n: int, size: int) -> int:
 
 # A storm fills the wakeup socket faster than any loop drains it: CPython's C
 # signal handler then reports "Exception ignored when trying to write to the
-# signal wakeup fd" (BlockingIOError) -- on stock asyncio exactly the same.
-WAKEUP_FULL = ("ignore:Exception ignored when trying to write to the signal wakeup fd"
-               ":pytest.PytestUnraisableExceptionWarning")
+# signal wakeup fd" (BlockingIOError) as an unraisable exception -- on stock
+# asyncio exactly the same.  Those, and only those, are tolerated here.
+@contextlib.contextmanager
+def wakeup_fd_full_tolerated() -> Any:
+    old = sys.unraisablehook
+
+    def hook(u: Any) -> None:
+        if isinstance(u.exc_value, BlockingIOError) and (
+                u.object is None or "wakeup" in str(u.err_msg or "")):
+            return
+        old(u)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = old
 
 
-@pytest.mark.filterwarnings(WAKEUP_FULL)
 def test_signal_storm_from_thread_while_serving(run: Any) -> None:
     async def main() -> tuple[int, int]:
         loop = asyncio.get_running_loop()
@@ -333,12 +347,12 @@ def test_signal_storm_from_thread_while_serving(run: Any) -> None:
         loop.remove_signal_handler(signal.SIGUSR1)
         return done, count[0] - before
 
-    done, after = run(main(), debug=False)
+    with wakeup_fd_full_tolerated():
+        done, after = run(main(), debug=False)
     assert done == 300
     assert after >= 1
 
 
-@pytest.mark.filterwarnings(WAKEUP_FULL)
 def test_signal_storm_from_child_process_while_serving(run: Any) -> None:
     async def main() -> tuple[int, int, int]:
         loop = asyncio.get_running_loop()
@@ -363,7 +377,8 @@ def test_signal_storm_from_child_process_while_serving(run: Any) -> None:
         loop.remove_signal_handler(signal.SIGUSR1)
         return done, rc, count[0]
 
-    done, rc, count = run(main(), debug=False)
+    with wakeup_fd_full_tolerated():
+        done, rc, count = run(main(), debug=False)
     assert (done, rc) == (200, 0)
     assert 1 <= count <= STORM
 

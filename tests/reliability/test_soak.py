@@ -28,6 +28,8 @@ import time
 import tracemalloc
 from typing import Any
 
+import pytest
+
 from relutil import assert_quiet, fd_count, pattern, quiesce, rss_bytes
 
 GUARD = 60.0
@@ -231,6 +233,7 @@ def _check_flat(figures: list[dict[str, int]], long_run: bool) -> None:
         assert last["rss"] - mid["rss"] < 64 * 1024 * n + 8 * MiB, figures
 
 
+@pytest.mark.timeout(int(float(os.environ.get("URINGLOOP_SOAK_SECONDS", "180"))) + 300)
 def test_soak(run: Any, soak: bool) -> None:
     seconds = float(os.environ.get("URINGLOOP_SOAK_SECONDS", "180"))
     tracemalloc.start()
