@@ -14,7 +14,10 @@ Each example is a random program over two byte channels, run on a fresh loop:
 
 Invariants: what each receiver has got is always a prefix of what was sent,
 and after both writers shut down, reading to EOF yields exactly what was
-sent (a cancelled receive lost nothing: the next one returned its bytes);
+sent (a cancelled receive lost nothing: the next one returned its bytes).
+Stock asyncio's sock_recv is known to lose bytes when cancelled after its
+reader callback read them (tests/net/test_sock_cancel.py); on stock, channel
+A is only required to arrive in order, gaps allowed.  Also:
 no fd, no op in flight, no provided buffer lent, no exception-handler call
 (the conftest teardown checks the loops; the fd count is checked per example).
 
@@ -33,6 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import uringloop
 from relutil import assert_quiet, fd_count, pattern, quiesce
 
 GUARD = 30.0
@@ -123,6 +127,21 @@ async def _program(actions: list[tuple[Any, ...]]) -> None:
     load_task = loop.create_task(load())
     tasks = [loop.create_task(sender_a()), loop.create_task(sender_b())]
     seq = 0
+    uring = isinstance(loop, uringloop.Loop)
+    pos_a = 0
+
+    def check_a(data: bytes, pos: int) -> int:
+        """Where data ends in sent_a: it must come next (uringloop), or later
+        in order (stock asyncio, whose cancelled sock_recv can lose the bytes
+        it read: its reader callback sets them as the result of a future whose
+        task is then cancelled -- see tests/net/test_sock_cancel.py)."""
+        if uring:
+            assert sent_a[pos:pos + len(data)] == data, "lost or reordered bytes"
+            return pos + len(data)
+        at = sent_a.find(data, pos)
+        assert at >= pos, "reordered or corrupted bytes"
+        return at + len(data)
+
     try:
         for act in actions:
             kind = act[0]
@@ -137,7 +156,8 @@ async def _program(actions: list[tuple[Any, ...]]) -> None:
                     queue_b.put_nowait(chunk)
             elif kind in ("recv", "recv_into"):
                 n, how = act[1], act[2]
-                avail = len(sent_a) > len(got_a)
+                # (stock may have lost bytes: never wait without a cancel there)
+                avail = len(sent_a) > len(got_a) and uring
                 if kind == "recv":
                     data = await _maybe_cancel(loop.sock_recv(a_recv, n), how, avail)
                 else:
@@ -149,8 +169,8 @@ async def _program(actions: list[tuple[Any, ...]]) -> None:
                     data = await _maybe_cancel(recv_into(), how, avail)
                 if data is not None:
                     assert 0 < len(data) <= n
+                    pos_a = check_a(data, pos_a)
                     got_a += data
-                assert sent_a.startswith(got_a)
             elif kind == "read":
                 n, how = act[1], act[2]
                 data = await _maybe_cancel(reader.read(n), how, len(sent_b) > len(got_b))
@@ -175,11 +195,15 @@ async def _program(actions: list[tuple[Any, ...]]) -> None:
             data = await asyncio.wait_for(loop.sock_recv(a_recv, 1 << 16), GUARD)
             if not data:
                 break
+            pos_a = check_a(data, pos_a)
             got_a += data
         got_b += await asyncio.wait_for(reader.read(), GUARD)
         await asyncio.wait_for(asyncio.gather(*tasks), GUARD)
         assert not load_task.done()   # still echoing, no failure
-        assert got_a == sent_a
+        if uring:
+            assert got_a == sent_a
+        else:
+            assert pos_a == len(sent_a)   # in order, up to the end; maybe with gaps
         assert got_b == sent_b
     finally:
         tasks.append(load_task)
