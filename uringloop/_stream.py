@@ -104,6 +104,19 @@ _zc_report_usage = True
 zc_stats = {"sends": 0, "notifications": 0, "copied": 0}
 
 
+def _writable(buf: Any) -> memoryview:
+    """memoryview(buf), or the TypeError stock's recv_into(buf) raises for a
+    buffer it cannot write (read-only, or not a buffer at all)."""
+    try:
+        view = memoryview(buf)
+    except TypeError:
+        view = None
+    if view is None or view.readonly:
+        raise TypeError(f"recv_into() argument 'buffer' must be read-write "
+                        f"bytes-like object, not {type(buf).__name__}")
+    return view
+
+
 def _set_nodelay(sock: socket.socket) -> None:
     """TCP_NODELAY on every TCP stream socket, as stock asyncio intends.
 
@@ -438,13 +451,17 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         protocol = self._protocol
         try:
             buf = protocol.get_buffer(-1)
-            room = memoryview(buf).nbytes
-            if not room:
+            if not len(buf):
                 raise RuntimeError("get_buffer() returned an empty buffer")
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return
+        try:
+            room = _writable(buf).nbytes
+        except TypeError as exc:   # as stock, where recv_into(buf) raises it
+            self._fatal_error(exc, "Fatal read error on socket transport")
             return
         if room < nbytes:
             self._deliver_buffered(_unpack(ptr, nbytes), buf)
@@ -475,7 +492,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
             try:
-                target = memoryview(buf).cast("B")
+                target = _writable(buf).cast("B")
+            except TypeError as exc:   # as stock, where recv_into(buf) raises it
+                self._fatal_error(exc, "Fatal read error on socket transport")
+                return
+            try:
                 buf = None
                 n = min(len(target), len(view))
                 target[:n] = view[:n]
