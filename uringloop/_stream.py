@@ -384,16 +384,23 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 protocol = self._protocol
                 try:
                     buf = protocol.get_buffer(-1)
-                    t = type(buf)
-                    room = (buf.nbytes if t is memoryview else
-                            len(buf) if t is bytearray else memoryview(buf).nbytes)
-                    if not room:
+                    if not len(buf):
                         raise RuntimeError("get_buffer() returned an empty buffer")
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
                     self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                     return
+                t = type(buf)
+                if t is memoryview:
+                    room = buf.nbytes
+                elif t is bytearray:
+                    room = len(buf)
+                else:
+                    try:
+                        room = memoryview(buf).nbytes
+                    except TypeError:
+                        room = 0   # recv_into() raises stock's TypeError just below
                 try:
                     n = sock.recv_into(buf)  # type: ignore[union-attr]
                 except (BlockingIOError, InterruptedError):

@@ -61,5 +61,15 @@ def pattern(seed: int, n: int) -> bytes:
 
 
 async def quiesce(loop: Any, rounds: int = 5) -> None:
+    """A few iterations; on uringloop, on until the cancellations that closing
+    submitted have completed (the self-pipe read left).  Under DEFER_TASKRUN
+    the kernel runs a bounded batch of task work per enter (about 20 items on
+    Linux 6.x), so closing a thousand transports takes dozens of iterations.
+    Bounded: assert_quiet() then fails if ops are still in flight."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+    if isinstance(loop, uringloop.Loop):
+        for _ in range(2000):
+            if loop.statistics().ops_in_flight <= 1:
+                break
+            await asyncio.sleep(0)
