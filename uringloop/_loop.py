@@ -215,7 +215,16 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
         """BaseEventLoop.call_soon, without its two inner method calls outside
         debug mode (asyncio's tasks and futures schedule every step with it)."""
         if self._debug or self._closed:
-            return super().call_soon(callback, *args, context=context)
+            # Stock's body, inline: calling super() would add a frame to the
+            # handle's source traceback in debug mode.
+            self._check_closed()
+            if self._debug:
+                self._check_thread()
+                self._check_callback(callback, "call_soon")
+            handle = self._call_soon(callback, args, context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
+            return handle
         handle = events.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
