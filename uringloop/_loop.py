@@ -340,7 +340,17 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
 
     # -- signals: CPython's Unix implementation, over our self-pipe ------------------
 
-    add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
+    _stock_add_signal_handler = unix_events._UnixSelectorEventLoop.add_signal_handler
+
+    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+        self._stock_add_signal_handler(sig, callback, *args)
+        # The self-pipe only has to wake the loop: a full one is harmless, so no
+        # warning.  CPython schedules that warning from its C signal handler
+        # with Py_AddPendingCall, which on 3.11 takes a lock the interrupted
+        # thread may be releasing: a signal storm deadlocked the interpreter
+        # (seen in CI, tests/reliability/test_faults.py).
+        signal.set_wakeup_fd(self._csock.fileno(),  # type: ignore[union-attr]
+                             warn_on_full_buffer=False)
     remove_signal_handler = unix_events._UnixSelectorEventLoop.remove_signal_handler
     _handle_signal = unix_events._UnixSelectorEventLoop._handle_signal
     _check_signal = unix_events._UnixSelectorEventLoop._check_signal
