@@ -363,24 +363,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             sock = self._sock
             while not (self._paused or self._closing or self._stash):
                 if not self._buffered:
-                    # set_protocol() switched to a plain Protocol.
-                    try:
-                        data = sock.recv(_FALLBACK_RECV_SIZE)  # type: ignore[union-attr]
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except (SystemExit, KeyboardInterrupt):
-                        raise
-                    except BaseException as exc:
-                        self._fatal_error(exc, "Fatal read error on socket transport")
-                        return
-                    if not data:
-                        self._readable_eof()
-                        return
-                    self._data_batch = self._proactor._harvested
-                    self._deliver_data(data)
-                    if len(data) < _FALLBACK_RECV_SIZE and not res & _POLL_END:
-                        break
-                    continue
+                    # set_protocol() switched to a plain Protocol: end the poll;
+                    # its final completion re-arms the receive that protocol
+                    # gets (nothing has been read, so nothing is stranded).
+                    self._stop_reading()
+                    break
                 protocol = self._protocol
                 try:
                     buf = protocol.get_buffer(-1)
