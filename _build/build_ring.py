@@ -84,5 +84,25 @@ ffibuilder.set_source(
                      if os.environ.get("URINGLOOP_DEBUG_BUILD") else []),
 )
 
+
+# uringloop._speedups: a plain CPython extension for the per-iteration and
+# per-message mechanics (see speedups.c); it links the same ring.c.
+def _speedups() -> "Extension":
+    from setuptools import Extension
+    root = HERE.parent
+    return Extension(
+        "uringloop._speedups",
+        sources=[os.path.relpath(CSRC / "speedups.c", root),
+                 os.path.relpath(CSRC / "ring.c", root)],
+        include_dirs=[os.path.relpath(CSRC, root)],
+        extra_compile_args=_compile_args(),
+        extra_link_args=(["-fsanitize=address,undefined"]
+                         if os.environ.get("URINGLOOP_DEBUG_BUILD") else []),
+    )
+
+
+SPEEDUPS = _speedups()
+
+
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -1,5 +1,11 @@
 # Run by _build/backend.py in place of a top-level setup.py; all metadata is
 # in pyproject.toml.  Only what pyproject.toml cannot express lives here.
-from setuptools import setup
+import os
+import sys
 
-setup(cffi_modules=["_build/build_ring.py:ffibuilder"])
+from setuptools import Extension, setup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_ring import SPEEDUPS  # noqa: E402
+
+setup(cffi_modules=["_build/build_ring.py:ffibuilder"], ext_modules=[SPEEDUPS])

@@ -37,6 +37,7 @@ from typing import Any, Iterable
 from . import _ring
 from ._network import NetworkMixin
 from ._proactor import Proactor
+from ._speedups import dispatch as _dispatch
 from ._ring import ffi
 from ._sockets import SocketMethodsMixin
 from ._unix import UnixMixin
@@ -193,22 +194,28 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
                 handle._scheduled = False
                 ready.append(handle)
         n_timers = len(ready) - n_ready
-        popleft = ready.popleft
-        try:
-            for _ in range(n_ready):
+        if n_ready:
+            popleft = ready.popleft
+            try:
+                while n_ready:
+                    n_ready -= 1
+                    handle = popleft()
+                    if not handle._cancelled:
+                        handle._run()
+            except BaseException:
+                if batch is not None:
+                    proactor._schedule_dispatch(batch)   # not lost: the next iteration
+                raise
+        if batch is not None:
+            _dispatch(proactor._ops, proactor._undispatched, batch,
+                      proactor._report, proactor._schedule_dispatch)
+        if n_timers:
+            popleft = ready.popleft
+            while n_timers:
+                n_timers -= 1
                 handle = popleft()
                 if not handle._cancelled:
                     handle._run()
-        except BaseException:
-            if batch is not None:
-                proactor._schedule_dispatch(batch)   # not lost: the next iteration
-            raise
-        if batch is not None:
-            proactor.dispatch(batch)
-        for _ in range(n_timers):
-            handle = popleft()
-            if not handle._cancelled:
-                handle._run()
         handle = None  # break cycles when an exception occurs
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:

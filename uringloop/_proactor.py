@@ -56,7 +56,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _ring
+from . import _ring, _speedups
 from ._ring import ffi, lib
 
 logger = logging.getLogger("uringloop")
@@ -79,6 +79,9 @@ _CQE = struct.Struct("=QiI")
 _iter_cqes = _CQE.iter_unpack
 _CQE_SIZE = _CQE.size
 _CQE_F_MORE = _ring.CQE_F_MORE
+_run = _speedups.run
+_dispatch = _speedups.dispatch
+assert _speedups.CQE_SIZE == _CQE_SIZE
 
 # Graveyard for ops the kernel never finished when their ring closed: their
 # buffers must outlive any late kernel write.  Only grows in pathological
@@ -210,6 +213,8 @@ class Proactor:
         self.ring = ring
         self._watches = watches if watches is not None else {}
         self._ptr = ring.ptr
+        self._addr = int(ffi.cast("uintptr_t", ring.ptr))   # for _speedups
+        self._bufring_addr = 0
         self._cqes = ring.cqes
         self._ops: dict[int, Op] = {}
         self._next_ud = 1
@@ -245,6 +250,7 @@ class Proactor:
             if not self.ring.features.recv_multishot or self.closed:
                 return False
             self.bufring = self.ring.create_bufring(BUF_GROUP, BUF_COUNT, BUF_SIZE)
+            self._bufring_addr = int(ffi.cast("uintptr_t", self.bufring))
             base = lib.ul_bufring_base(self.bufring)
             self.buf_ptrs = [base + i * BUF_SIZE for i in range(BUF_COUNT)]
         return True
@@ -429,22 +435,18 @@ class Proactor:
         self._sq_dirty = False
         self._harvesting = True
         try:
-            if recycle:
-                # Receive buffers go back to the kernel in the same call.
-                n = lib.ul_run_recycle(self._ptr, ns, must_enter, self.bufring,
-                                       recycle, len(recycle))
-                recycle.clear()
-            else:
-                n = lib.ul_run(self._ptr, ns, must_enter)
+            # Receive buffers go back to the kernel in the same call.
+            data = _run(self._addr, ns, must_enter, self._bufring_addr, recycle)
         finally:
             self.sleeping = False
-        if n <= 0:
+        if data is None:
             self._harvesting = False
-            if n < 0:
-                self._check_ret(n)
             return None
-        data: bytes = ffi.buffer(self._cqes, n * _CQE_SIZE)[:]
-        self._harvested += n
+        if data.__class__ is int:
+            self._harvesting = False
+            self._check_ret(data)
+            return None
+        self._harvested += len(data) >> 4
         self._harvesting = False
         self._undispatched.append(data)
         return data
@@ -474,36 +476,23 @@ class Proactor:
             self.dispatch, (data,), self._loop, None))
 
     def dispatch(self, data: bytes) -> None:
-        """Run the completions of one iterate() (exactly once per batch)."""
-        self._undispatched.remove(data)
-        ops = self._ops
-        done = 0
-        for ud, res, flags in _iter_cqes(data):
-            done += 1
-            op = ops.get(ud)
-            if op is None:
-                continue  # UD_IGNORE, or a late CQE of an op already final
-            if not (flags & _CQE_F_MORE) or not op.multishot:
-                del ops[ud]
-            try:
-                callback = op.callback
-                if callback is not None:
-                    callback(res, flags)
-                else:
-                    op.complete(res, flags)
-            except (SystemExit, KeyboardInterrupt):
-                rest = data[done * _CQE_SIZE:]
-                if rest:   # not lost: dispatched on the next iteration
-                    self._undispatched.append(rest)
-                    self._schedule_dispatch(rest)
-                raise
-            except BaseException as exc:
-                # Ops handle their own errors; this is a bug, but the rest of the
-                # batch must still be dispatched.
-                self._loop.call_exception_handler({  # type: ignore[union-attr]
-                    "message": "uringloop: unhandled error in a completion handler",
-                    "exception": exc,
-                })
+        """Run the completions of one iterate() (exactly once per batch).
+
+        For each CQE: look its op up, retire the op on its final CQE, and call
+        ``op.callback(res, flags)`` (or ``op.complete(res, flags)``).  An error
+        escaping a handler is reported and the batch goes on; SystemExit and
+        KeyboardInterrupt propagate, and the rest of the batch is scheduled for
+        the next iteration.  The loop is _speedups.dispatch (C): Loop._run_once
+        calls it directly.
+        """
+        _dispatch(self._ops, self._undispatched, data, self._report, self._schedule_dispatch)
+
+    def _report(self, exc: BaseException) -> None:
+        # Ops handle their own errors: one escaping a handler is a bug.
+        self._loop.call_exception_handler({  # type: ignore[union-attr]
+            "message": "uringloop: unhandled error in a completion handler",
+            "exception": exc,
+        })
 
     def get_key(self, fd: Any) -> Any:
         """selectors-style lookup of the fd's add_reader/add_writer registration.

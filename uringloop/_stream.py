@@ -48,6 +48,7 @@ from asyncio import base_events, constants, futures, protocols, transports, trso
 from typing import Any
 
 from . import _ring
+from ._speedups import send as _send
 from ._proactor import BUF_GROUP, CallbackOp, Proactor, os_error
 from ._ring import ffi, lib
 
@@ -594,7 +595,10 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 # cheapest path for request/response traffic), and the write buffer
                 # size, hence flow control, means what it means under stock asyncio.
                 try:
-                    n = self._sock.send(data)  # type: ignore[union-attr]
+                    if self._sock is not None:
+                        n = _send(self._sock_fd, data)   # 0: the socket buffer is full
+                    else:
+                        n = self._sock.send(data)  # type: ignore[attr-defined]
                 except (BlockingIOError, InterruptedError):
                     n = 0
                 except (SystemExit, KeyboardInterrupt):
