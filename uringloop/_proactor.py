@@ -209,6 +209,9 @@ class OpFuture(asyncio.Future[Any]):
 class Proactor:
     """Owns the ring and the op table; does one iteration's kernel work in select()."""
 
+    # _speedups.RecvHook reads the batch counter per message: a slot.
+    __slots__ = ("_harvested", "__dict__", "__weakref__")
+
     def __init__(self, ring: _ring.Ring, watches: dict[int, Any] | None = None) -> None:
         self.ring = ring
         self._watches = watches if watches is not None else {}
@@ -238,6 +241,7 @@ class Proactor:
         self.acceptors: dict[Any, Any] = {}
         self.bufring: Any = None
         self.buf_ptrs: list[Any] = []
+        self.buf_base_addr = 0
         self.recycle: list[int] = []
         # The same for datagram receives (group DGRAM_BUF_GROUP), created on first use.
         self.dgram_bufring: Any = None
@@ -253,6 +257,7 @@ class Proactor:
             self._bufring_addr = int(ffi.cast("uintptr_t", self.bufring))
             base = lib.ul_bufring_base(self.bufring)
             self.buf_ptrs = [base + i * BUF_SIZE for i in range(BUF_COUNT)]
+            self.buf_base_addr = int(ffi.cast("uintptr_t", base))
         return True
 
     def ensure_dgram_bufring(self) -> bool:

@@ -48,8 +48,10 @@ from asyncio import base_events, constants, futures, protocols, transports, trso
 from typing import Any
 
 from . import _ring
+from ._speedups import RecvHook as _RecvHook
 from ._speedups import send as _send
-from ._proactor import BUF_GROUP, CallbackOp, Proactor, os_error
+from ._speedups import transport_write as _transport_write
+from ._proactor import BUF_COUNT, BUF_SIZE, BUF_GROUP, CallbackOp, Proactor, os_error
 from ._ring import ffi, lib
 
 logger = logging.getLogger("asyncio")
@@ -151,11 +153,17 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-    _zc_min = 0                          # see __init__
-    _sock: socket.socket | None = None   # read by __del__ even if __init__ failed
+    # The attributes the C hot paths (_speedups.RecvHook, the C write()) read
+    # per message are slots: fixed offsets, read with one load (see speedups.c,
+    # "Slot access").  The rest live in the instance dict.
+    __slots__ = ("_closing", "_paused", "_stash", "_buffered", "_protocol", "_data_batch",
+                 "_eof", "_conn_lost", "_send_op", "_zc_min", "_empty_waiter", "_sock",
+                 "_sock_fd", "__dict__", "__weakref__")
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: Any, waiter: Any = None,
                  extra: dict[str, Any] | None = None, server: Any = None) -> None:
+        self._sock = None    # read by __del__ even if __init__ fails
+        self._zc_min = 0     # zero-copy sends off (see below)
         super().__init__(extra, loop)
         self._extra["socket"] = trsock.TransportSocket(sock)
         try:
@@ -194,11 +202,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._send_data: Any = None
         self._send_off = 0
         self._buffer = bytearray()
-        # Zero-copy sends exist for TCP only (AF_UNIX answers EOPNOTSUPP).  An
-        # instance attribute only when on (the class default is 0): this
-        # transport's instance dict must stay within CPython's shared-keys
-        # limit (30 keys on 3.11), beyond which every attribute access of the
-        # hot path is slower (measured: +3% instructions per round trip).
+        # Zero-copy sends exist for TCP only (AF_UNIX answers EOPNOTSUPP).
         if ZC_THRESHOLD and loop.features.send_zc and sock.family in (
                 socket.AF_INET, socket.AF_INET6):
             self._zc_min = ZC_THRESHOLD
@@ -225,7 +229,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         return "<{}>".format(" ".join(info))
 
     def __del__(self) -> None:
-        if self._sock is not None:
+        if getattr(self, "_sock", None) is not None:
             import warnings
             warnings.warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
@@ -272,7 +276,13 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             ud = proactor.register(op)
             ret = lib.ul_prep_poll(proactor._ptr, self._sock_fd, _POLLIN, 1, ud)
         elif self._multishot:
-            op = CallbackOp(self._on_recv, self._sock, multishot=True)
+            if self._buffered:
+                callback = self._on_recv
+            else:
+                # The data-with-more-to-come case in C; the rest goes to _on_recv.
+                callback = _RecvHook(self, proactor, proactor.recycle, self._on_recv,
+                                     proactor.buf_base_addr, BUF_SIZE, BUF_COUNT)
+            op = CallbackOp(callback, self._sock, multishot=True)
             ud = proactor.register(op)
             ret = lib.ul_prep_recv_multishot(proactor._ptr, self._sock_fd, BUF_GROUP, 0, ud)
         else:
@@ -570,24 +580,36 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
 
     # -- writing --------------------------------------------------------------------
 
-    def write(self, data: Any) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, "
-                            f"not {type(data).__name__!r}")
-        if self._eof:
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if self._empty_waiter is not None:
-            raise RuntimeError("unable to write; sendfile is in progress")
-        if not data:
-            return
-        if self._conn_lost:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
-            return
+    # write(data): in C (_speedups.transport_write) for the common case -- an
+    # idle transport whose socket takes the bytes whole -- and otherwise
+    # _write_rest(data, None), or _write_rest(data, sent) after the C send.
+    write = _transport_write(None)
+
+    def _write_rest(self, data: Any, sent: Any) -> None:
+        """write()'s general path (and its reference).
+
+        ``sent``: None if nothing was sent yet, else what the C write()'s
+        non-blocking send gave: the number of bytes it took, or its OSError.
+        """
+        if sent is None:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"data argument must be a bytes-like object, "
+                                f"not {type(data).__name__!r}")
+            if self._eof:
+                raise RuntimeError("Cannot call write() after write_eof()")
+            if self._empty_waiter is not None:
+                raise RuntimeError("unable to write; sendfile is in progress")
+            if not data:
+                return
+            if self._conn_lost:
+                if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                    logger.warning("socket.send() raised exception.")
+                self._conn_lost += 1
+                return
         if self._send_op is None:
             zc = self._zc_min
-            if zc and len(data) >= zc and not ZC_TRY_SEND_FIRST and type(data) is bytes:
+            if sent is None and zc and len(data) >= zc and not ZC_TRY_SEND_FIRST \
+                    and type(data) is bytes:
                 n = 0   # a large immutable payload: straight to a zero-copy send
             else:
                 # Idle: try the send now, as CPython's selector transport does.  A
@@ -595,7 +617,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 # cheapest path for request/response traffic), and the write buffer
                 # size, hence flow control, means what it means under stock asyncio.
                 try:
-                    if self._sock is not None:
+                    if sent is not None:
+                        if isinstance(sent, BaseException):
+                            raise sent
+                        n = sent
+                    elif self._sock is not None:
                         n = _send(self._sock_fd, data)   # 0: the socket buffer is full
                     else:
                         n = self._sock.send(data)  # type: ignore[attr-defined]
@@ -606,6 +632,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 except BaseException as exc:
                     self._fatal_error(exc, "Fatal write error on socket transport")
                     return
+                finally:
+                    sent = None   # no reference cycle through the exception
                 if n == len(data):
                     return
             # The rest goes to the ring.  The kernel reads this memory until the
