@@ -24,7 +24,6 @@ import asyncio
 import dataclasses
 import functools
 import heapq
-import math
 import os
 import signal
 import socket
@@ -37,7 +36,7 @@ from typing import Any, Iterable
 from . import _ring
 from ._network import NetworkMixin
 from ._proactor import Proactor
-from ._speedups import dispatch as _dispatch
+from . import _speedups
 from ._ring import ffi
 from ._sockets import SocketMethodsMixin
 from ._unix import UnixMixin
@@ -64,6 +63,11 @@ class _SelfRead:
 
 
 _live_loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
+
+_speedups.configure(base_events.BaseEventLoop._run_once, base_events.BaseEventLoop.time,
+                    heapq.heappop, base_events._MIN_SCHEDULED_TIMER_HANDLES,
+                    base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
+                    base_events.MAXIMUM_SELECT_TIMEOUT)
 
 
 def _after_fork_in_child() -> None:
@@ -103,6 +107,11 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     :class:`uringloop.UringUnavailableError` when io_uring cannot be used.
     """
 
+    # What _speedups.loop_run_once reads per iteration is in slots (fixed
+    # offsets; see speedups.c, "Slot access").  BaseEventLoop sets them.
+    __slots__ = ("_ready", "_scheduled", "_stopping", "_timer_cancelled_count",
+                 "_clock_resolution", "_debug", "_proactor", "_signal_handlers")
+
     def __init__(self, *, sq_entries: int = _ring.DEFAULT_SQ_ENTRIES,
                  cq_entries: int = _ring.DEFAULT_CQ_ENTRIES,
                  disable: Iterable[str] = ()) -> None:
@@ -141,21 +150,21 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     def _process_events(self, event_list: Any) -> None:
         pass  # completions are dispatched by the proactor (see _run_once)
 
-    def _run_once(self) -> None:
-        """One iteration, with the ring polled directly (non-debug mode).
+    # _run_once(): one iteration, in C (_speedups.loop_run_once).  Same
+    # semantics and order as BaseEventLoop._run_once with a selector: drop
+    # cancelled timers (``_compact_timers``), poll the kernel up to the next
+    # timer (Proactor.iterate), then run the callbacks that were ready, then
+    # the I/O completions (Proactor.dispatch, without a Handle of their own),
+    # then the timers that expired.  If a ready callback raises, the batch of
+    # completions is scheduled for the next iteration, not lost.  Debug mode
+    # runs CPython's _run_once, whose slow-callback accounting then covers the
+    # completion batch as one callback (Proactor.select schedules it).
+    _run_once = _speedups.loop_run_once()
 
-        Same semantics and order as BaseEventLoop._run_once with a selector:
-        drop cancelled timers, poll the kernel (up to the next timer), then run
-        the callbacks that were ready, then the I/O completions, then the timers
-        that expired.  Leaner because it calls the proactor without the
-        selector indirection and dispatches the completions without a Handle
-        of their own.  Debug mode keeps CPython's _run_once, whose slow-callback
-        accounting then covers the completion batch as one callback.
-        """
-        if self._debug:
-            return super()._run_once()  # type: ignore[no-any-return]
+    def _compact_timers(self) -> None:
+        """Drop cancelled timers: rebuild the heap when they are many, else
+        pop those at its head (BaseEventLoop._run_once's first step)."""
         scheduled = self._scheduled
-        ready = self._ready
         count = len(scheduled)
         if (count > base_events._MIN_SCHEDULED_TIMER_HANDLES and
                 self._timer_cancelled_count / count
@@ -167,56 +176,12 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
                 else:
                     live.append(handle)
             heapq.heapify(live)
-            self._scheduled = scheduled = live
+            self._scheduled = live
             self._timer_cancelled_count = 0
         else:
             while scheduled and scheduled[0]._cancelled:
                 self._timer_cancelled_count -= 1
                 heapq.heappop(scheduled)._scheduled = False
-        if ready or self._stopping:
-            ns = 0
-        elif scheduled:
-            timeout = scheduled[0]._when - self.time()
-            if timeout > base_events.MAXIMUM_SELECT_TIMEOUT:
-                timeout = base_events.MAXIMUM_SELECT_TIMEOUT
-            ns = math.ceil(timeout * 1e9) if timeout > 0 else 0
-        else:
-            ns = -1
-        proactor = self._proactor
-        batch = proactor.iterate(ns)
-        n_ready = len(ready)
-        if scheduled:
-            end_time = self.time() + self._clock_resolution
-            while scheduled:
-                if scheduled[0]._when >= end_time:   # (not "<": a NaN deadline runs now)
-                    break
-                handle = heapq.heappop(scheduled)
-                handle._scheduled = False
-                ready.append(handle)
-        n_timers = len(ready) - n_ready
-        if n_ready:
-            popleft = ready.popleft
-            try:
-                while n_ready:
-                    n_ready -= 1
-                    handle = popleft()
-                    if not handle._cancelled:
-                        handle._run()
-            except BaseException:
-                if batch is not None:
-                    proactor._schedule_dispatch(batch)   # not lost: the next iteration
-                raise
-        if batch is not None:
-            _dispatch(proactor._ops, proactor._undispatched, batch,
-                      proactor._report, proactor._schedule_dispatch)
-        if n_timers:
-            popleft = ready.popleft
-            while n_timers:
-                n_timers -= 1
-                handle = popleft()
-                if not handle._cancelled:
-                    handle._run()
-        handle = None  # break cycles when an exception occurs
 
     def call_soon(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
         """BaseEventLoop.call_soon, without its two inner method calls outside

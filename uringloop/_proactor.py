@@ -79,7 +79,7 @@ _CQE = struct.Struct("=QiI")
 _iter_cqes = _CQE.iter_unpack
 _CQE_SIZE = _CQE.size
 _CQE_F_MORE = _ring.CQE_F_MORE
-_run = _speedups.run
+_iterate = _speedups.iterate
 _dispatch = _speedups.dispatch
 assert _speedups.CQE_SIZE == _CQE_SIZE
 
@@ -209,8 +209,11 @@ class OpFuture(asyncio.Future[Any]):
 class Proactor:
     """Owns the ring and the op table; does one iteration's kernel work in select()."""
 
-    # _speedups.RecvHook reads the batch counter per message: a slot.
-    __slots__ = ("_harvested", "__dict__", "__weakref__")
+    # What _speedups reads per iteration or per message is in slots (fixed
+    # offsets; see speedups.c, "Slot access").
+    __slots__ = ("_harvesting", "dgram_recycle", "_ops", "_passive", "_must_enter", "_loop",
+                 "recycle", "_sq_dirty", "sleeping", "_addr", "_bufring_addr", "_harvested",
+                 "_undispatched", "__dict__", "__weakref__")
 
     def __init__(self, ring: _ring.Ring, watches: dict[int, Any] | None = None) -> None:
         self.ring = ring
@@ -407,54 +410,30 @@ class Proactor:
     def iterate(self, ns: int) -> bytes | None:
         """Submit everything pending, wait up to ns (-1: forever), harvest.
 
-        Returns the harvested CQEs (16 bytes each) or None.
+        Returns the harvested CQEs (16 bytes each) or None.  In C
+        (_speedups.iterate), which does, in order:
+
+        - if a harvest was cut short (``_harvesting``), return
+          ``_recover_harvest()``: those CQEs are dispatched before anything new;
+        - hand datagram buffers back (``_return_dgram_buffers``);
+        - ``must_enter``: under DEFER_TASKRUN, whether the kernel has work to
+          run: ops other than passive ones (the self-pipe read) in flight, or
+          signal handlers installed (their numbers arrive through the
+          self-pipe, and a loop that never sleeps would never run them);
+        - busy (ns == 0), nothing to submit, nothing to run: no call at all
+          (receive buffers still go back, ``_return_buffers``);
+        - before a wait: set ``sleeping`` (read by Loop._write_to_self), then
+          look at the ready queue once more -- a callback queued before the
+          store is seen here, one queued after it writes to the self-pipe;
+        - one _speedups.run() call: receive buffers back, submit, wait, harvest;
+          count the CQEs in ``_harvested``, keep them in ``_undispatched``.
         """
-        if self._harvesting:
-            return self._recover_harvest()   # dispatched before anything new
-        ops = self._ops
-        if self.dgram_recycle:
-            dgram_recycle = self.dgram_recycle
-            lib.ul_bufring_recycle_many(self.dgram_bufring, dgram_recycle, len(dgram_recycle))
-            dgram_recycle.clear()
-        # A passive op needs no enter while the loop is busy -- except the
-        # self-pipe read when signal handlers are installed: their signal
-        # numbers arrive through it, and a loop that never sleeps (a task
-        # spinning on sleep(0)) would otherwise never run them.
-        must_enter = self._must_enter and (
-            len(ops) > self._passive
-            or bool(self._loop._signal_handlers))  # type: ignore[union-attr]
-        recycle = self.recycle
-        if not ns and not must_enter and not self._sq_dirty and self._must_enter:
-            # Busy loop, nothing to submit, and under DEFER_TASKRUN no completion
-            # can appear without an enter: skip the call altogether.
-            if recycle:
-                self._return_buffers()
-            return None
-        if ns:
-            # Tell call_soon_threadsafe() we may sleep, then look once more: a
-            # callback queued before this store is seen here, one queued after it
-            # writes to the self-pipe (see Loop._write_to_self).
-            self.sleeping = True
-            if self._loop._ready:  # type: ignore[union-attr]
-                ns = 0
-        self._sq_dirty = False
-        self._harvesting = True
-        try:
-            # Receive buffers go back to the kernel in the same call.
-            data = _run(self._addr, ns, must_enter, self._bufring_addr, recycle)
-        finally:
-            self.sleeping = False
-        if data is None:
-            self._harvesting = False
-            return None
-        if data.__class__ is int:
-            self._harvesting = False
-            self._check_ret(data)
-            return None
-        self._harvested += len(data) >> 4
-        self._harvesting = False
-        self._undispatched.append(data)
-        return data
+        return _iterate(self, ns)
+
+    def _return_dgram_buffers(self) -> None:
+        dgram_recycle = self.dgram_recycle
+        lib.ul_bufring_recycle_many(self.dgram_bufring, dgram_recycle, len(dgram_recycle))
+        dgram_recycle.clear()
 
     def _recover_harvest(self) -> bytes | None:
         """The CQEs of a ul_run() whose return was cut short, or None.
@@ -487,10 +466,10 @@ class Proactor:
         ``op.callback(res, flags)`` (or ``op.complete(res, flags)``).  An error
         escaping a handler is reported and the batch goes on; SystemExit and
         KeyboardInterrupt propagate, and the rest of the batch is scheduled for
-        the next iteration.  The loop is _speedups.dispatch (C): Loop._run_once
-        calls it directly.
+        the next iteration.  In C (_speedups.dispatch), which Loop._run_once
+        calls directly.
         """
-        _dispatch(self._ops, self._undispatched, data, self._report, self._schedule_dispatch)
+        _dispatch(self, data)
 
     def _report(self, exc: BaseException) -> None:
         # Ops handle their own errors: one escaping a handler is a bug.

@@ -14,8 +14,14 @@
  *       only when the call may sleep (ns != 0).  Returns the harvested CQEs as
  *       bytes (16 per CQE: u64 user_data, i32 res, u32 flags), None when there
  *       were none, or a negative errno.
- *   dispatch(ops, undispatched, data, report, reschedule) -> None
+ *   dispatch(proactor, data) -> None
  *       Run the completions of one run(): see Proactor.dispatch.
+ *   iterate(proactor, ns) -> bytes | None
+ *       Proactor.iterate: the ring call of one loop iteration, with its
+ *       bookkeeping (see that method).
+ *   loop_run_once() -> a method descriptor: Loop._run_once (non-debug).
+ *   RecvHook, transport_write(): the stream transport's receive and write
+ *       hot paths (see there).
  *   send(fd, data) -> int
  *       One non-blocking send(2) of a bytes-like object: bytes sent, 0 if the
  *       socket buffer is full; OSError otherwise (EINTR retried, PEP 475).
@@ -28,6 +34,8 @@
 #include <Python.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
+#include <time.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -191,6 +199,9 @@ enum { P_HARVESTED, P_NAMES };
 static PyObject *proactor_names[P_NAMES];
 static layout proactor_layout = {P_NAMES, proactor_names, {{0}}, 0};
 
+static PyObject *str_recover_harvest, *str_return_dgram_buffers, *str_return_buffers;
+static PyObject *str_check_ret, *str_schedule_dispatch, *str_report, *str_run, *str_popleft;
+static PyObject *str_time, *str_compact_timers, *str_append;
 static PyObject *str_callback;   /* interned attribute names */
 static PyObject *str_multishot;
 static PyObject *str_complete;
@@ -291,20 +302,46 @@ list_remove_identity(PyObject *lst, PyObject *item)
     return 0;
 }
 
+/* Proactor.dispatch(data): run the completions of one batch. */
+static PyObject *px_get(PyObject *px, int i);
+static PyObject *dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched,
+                               PyObject *data);
+
+static PyObject *
+dispatch_batch(PyObject *px, PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "dispatch(): data must be bytes");
+        return NULL;
+    }
+    PyObject *ops = px_get(px, 0), *undispatched = px_get(px, 1);
+    PyObject *result = NULL;
+    if (ops == NULL || undispatched == NULL)
+        goto out;
+    if (!PyDict_CheckExact(ops) || !PyList_CheckExact(undispatched)) {
+        PyErr_SetString(PyExc_TypeError, "dispatch(): bad proactor state");
+        goto out;
+    }
+    result = dispatch_cqes(px, ops, undispatched, data);
+out:
+    Py_XDECREF(ops);
+    Py_XDECREF(undispatched);
+    return result;
+}
+
 static PyObject *
 sp_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "dispatch() takes 5 arguments");
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "dispatch() takes 2 arguments");
         return NULL;
     }
-    PyObject *ops = args[0], *undispatched = args[1], *data = args[2];
-    PyObject *report = args[3], *reschedule = args[4];
-    if (!PyDict_CheckExact(ops) || !PyList_CheckExact(undispatched)
-            || !PyBytes_CheckExact(data)) {
-        PyErr_SetString(PyExc_TypeError, "dispatch(): bad argument types");
-        return NULL;
-    }
+    return dispatch_batch(args[0], args[1]);
+}
+
+static PyObject *
+dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched, PyObject *data)
+{
     if (list_remove_identity(undispatched, data) < 0)
         return NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(data);
@@ -381,7 +418,7 @@ sp_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     Py_DECREF(exc);
                     return NULL;
                 }
-                PyObject *r2 = PyObject_CallOneArg(reschedule, rest);
+                PyObject *r2 = PyObject_CallMethodOneArg(px, str_schedule_dispatch, rest);
                 Py_DECREF(rest);
                 if (r2 == NULL) {
                     Py_DECREF(exc);
@@ -395,7 +432,7 @@ sp_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         /* Ops handle their own errors; this is a bug, but the rest of the
          * batch must still be dispatched. */
         PyObject *exc = PyErr_GetRaisedException_compat();
-        PyObject *r2 = PyObject_CallOneArg(report, exc);
+        PyObject *r2 = PyObject_CallMethodOneArg(px, str_report, exc);
         Py_DECREF(exc);
         if (r2 == NULL)
             return NULL;
@@ -722,6 +759,453 @@ rest:
     return ret;
 }
 
+/* ------------------------------------------------------------------------
+ * One loop iteration: Proactor.iterate() and Loop._run_once() (non-debug).
+ *
+ * The Python reference for both is in the docstrings of the methods these
+ * implement (uringloop/_proactor.py, uringloop/_loop.py); the rare branches
+ * (recovering a cut-short harvest, datagram buffers to return, compacting
+ * the timer heap, debug mode) call back into Python methods.
+ */
+enum {
+    X_HARVESTING, X_DGRAM_RECYCLE, X_OPS, X_PASSIVE, X_MUST_ENTER, X_LOOP, X_RECYCLE,
+    X_SQ_DIRTY, X_SLEEPING, X_ADDR, X_BUFRING_ADDR, X_HARVESTED, X_UNDISPATCHED, X_NAMES
+};
+static PyObject *px_names[X_NAMES];
+static layout px_layout = {X_NAMES, px_names, {{0}}, 0};
+
+enum {
+    L_READY, L_SCHEDULED, L_STOPPING, L_TIMER_CANCELLED_COUNT, L_CLOCK_RESOLUTION, L_DEBUG,
+    L_PROACTOR, L_SIGNAL_HANDLERS, L_NAMES
+};
+static PyObject *loop_names[L_NAMES];
+static layout loop_layout = {L_NAMES, loop_names, {{0}}, 0};
+
+enum { H_CANCELLED, H_WHEN, H_SCHEDULED, H_NAMES };
+static PyObject *handle_names[H_NAMES];
+static layout handle_layout = {H_NAMES, handle_names, {{0}}, 0};
+
+
+/* Set by configure(): BaseEventLoop._run_once and .time, heapq.heappop,
+ * asyncio.base_events' tuning constants. */
+static PyObject *base_run_once, *base_time, *heappop;
+static Py_ssize_t min_scheduled = 100;
+static double min_cancelled_fraction = 0.5, max_select_timeout = 24 * 3600;
+
+static PyObject *
+get_new(PyObject *obj, layout *l, int i)
+{
+    PyObject *tmp;
+    PyObject *v = slot_get(obj, l, layout_of(l, Py_TYPE(obj)), i, &tmp);
+    if (v != NULL && tmp == NULL)
+        Py_INCREF(v);
+    return v;
+}
+
+/* For dispatch_batch: 0 -> proactor._ops, 1 -> proactor._undispatched. */
+static PyObject *
+px_get(PyObject *px, int i)
+{
+    return get_new(px, &px_layout, i == 0 ? X_OPS : X_UNDISPATCHED);
+}
+
+static int
+set_bool(PyObject *obj, layout *l, int i, int value)
+{
+    return slot_set(obj, l, layout_of(l, Py_TYPE(obj)), i, value ? Py_True : Py_False);
+}
+
+static int
+is_true(PyObject *obj, layout *l, int i)
+{
+    return slot_true(obj, l, layout_of(l, Py_TYPE(obj)), i);
+}
+
+/* Proactor.iterate(ns): bytes of harvested CQEs, None, or NULL on error. */
+static PyObject *
+proactor_iterate(PyObject *px, long long ns)
+{
+    int b = is_true(px, &px_layout, X_HARVESTING);
+    if (b != 0)
+        return b < 0 ? NULL : PyObject_CallMethodNoArgs(px, str_recover_harvest);
+    if ((b = is_true(px, &px_layout, X_DGRAM_RECYCLE)) != 0) {
+        if (b < 0)
+            return NULL;
+        PyObject *r = PyObject_CallMethodNoArgs(px, str_return_dgram_buffers);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    PyObject *loop = NULL, *recycle = NULL, *addr = NULL, *braddr = NULL, *data = NULL;
+    int must_enter_flag = is_true(px, &px_layout, X_MUST_ENTER);
+    if (must_enter_flag < 0)
+        return NULL;
+    loop = get_new(px, &px_layout, X_LOOP);
+    recycle = get_new(px, &px_layout, X_RECYCLE);
+    if (loop == NULL || recycle == NULL)
+        goto done;
+    int must_enter = 0;
+    if (must_enter_flag) {
+        PyObject *ops = get_new(px, &px_layout, X_OPS);
+        PyObject *passive = get_new(px, &px_layout, X_PASSIVE);
+        Py_ssize_t nops = ops != NULL ? PyObject_Size(ops) : -1;
+        Py_ssize_t npassive = passive != NULL ? PyLong_AsSsize_t(passive) : -1;
+        Py_XDECREF(ops);
+        Py_XDECREF(passive);
+        if (nops < 0 || (npassive == -1 && PyErr_Occurred()))
+            goto done;
+        if (nops > npassive) {
+            must_enter = 1;
+        } else {
+            /* Signal numbers arrive through the (passive) self-pipe read. */
+            if ((must_enter = is_true(loop, &loop_layout, L_SIGNAL_HANDLERS)) < 0)
+                goto done;
+        }
+    }
+    if (!ns && !must_enter && must_enter_flag) {
+        if ((b = is_true(px, &px_layout, X_SQ_DIRTY)) < 0)
+            goto done;
+        if (!b) {
+            /* Busy, nothing to submit, and under DEFER_TASKRUN no completion can
+             * appear without an enter: no call at all. */
+            if (PyList_Check(recycle) && PyList_GET_SIZE(recycle)) {
+                PyObject *r = PyObject_CallMethodNoArgs(px, str_return_buffers);
+                if (r == NULL)
+                    goto done;
+                Py_DECREF(r);
+            }
+            data = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    if (ns) {
+        /* Tell call_soon_threadsafe() we may sleep, then look once more: a
+         * callback queued before this store is seen here, one queued after it
+         * writes to the self-pipe (see Loop._write_to_self). */
+        if (set_bool(px, &px_layout, X_SLEEPING, 1) < 0)
+            goto done;
+        if ((b = is_true(loop, &loop_layout, L_READY)) < 0)
+            goto sleeping_fail;
+        if (b)
+            ns = 0;
+    }
+    addr = get_new(px, &px_layout, X_ADDR);
+    braddr = get_new(px, &px_layout, X_BUFRING_ADDR);
+    if (addr == NULL || braddr == NULL)
+        goto sleeping_fail;
+    if (set_bool(px, &px_layout, X_SQ_DIRTY, 0) < 0
+            || set_bool(px, &px_layout, X_HARVESTING, 1) < 0)
+        goto sleeping_fail;
+    PyObject *ns_obj = PyLong_FromLongLong(ns);
+    if (ns_obj == NULL)
+        goto sleeping_fail;
+    PyObject *args[5] = {addr, ns_obj, must_enter ? Py_True : Py_False, braddr, recycle};
+    PyObject *got = sp_run(NULL, args, 5);
+    Py_DECREF(ns_obj);
+    if (set_bool(px, &px_layout, X_SLEEPING, 0) < 0) {
+        Py_XDECREF(got);
+        goto done;
+    }
+    if (got == NULL)
+        goto done;
+    if (got == Py_None || PyLong_CheckExact(got)) {
+        if (set_bool(px, &px_layout, X_HARVESTING, 0) < 0) {
+            Py_DECREF(got);
+            goto done;
+        }
+        if (got == Py_None) {
+            data = got;
+            goto done;
+        }
+        PyObject *r = PyObject_CallMethodOneArg(px, str_check_ret, got);
+        Py_DECREF(got);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+        data = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* bytes: count them as harvested, then keep them until dispatched. */
+    PyObject *harvested = get_new(px, &px_layout, X_HARVESTED);
+    PyObject *n_obj = PyLong_FromSsize_t(PyBytes_GET_SIZE(got) / (Py_ssize_t)sizeof(ul_cqe));
+    PyObject *total = (harvested && n_obj) ? PyNumber_Add(harvested, n_obj) : NULL;
+    Py_XDECREF(harvested);
+    Py_XDECREF(n_obj);
+    PyObject *undispatched = NULL;
+    if (total == NULL
+            || slot_set(px, &px_layout, layout_of(&px_layout, Py_TYPE(px)), X_HARVESTED, total) < 0
+            || set_bool(px, &px_layout, X_HARVESTING, 0) < 0
+            || (undispatched = get_new(px, &px_layout, X_UNDISPATCHED)) == NULL
+            || PyList_Append(undispatched, got) < 0) {
+        Py_XDECREF(total);
+        Py_XDECREF(undispatched);
+        Py_DECREF(got);
+        goto done;
+    }
+    Py_DECREF(total);
+    Py_DECREF(undispatched);
+    data = got;
+    goto done;
+sleeping_fail:
+    {
+        PyObject *exc = PyErr_GetRaisedException_compat();
+        if (set_bool(px, &px_layout, X_SLEEPING, 0) < 0)
+            PyErr_Clear();
+        PyErr_SetRaisedException_compat(exc);
+    }
+done:
+    Py_XDECREF(loop);
+    Py_XDECREF(recycle);
+    Py_XDECREF(addr);
+    Py_XDECREF(braddr);
+    return data;
+}
+
+static PyObject *
+sp_iterate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "iterate() takes 2 arguments");
+        return NULL;
+    }
+    long long ns = PyLong_AsLongLong(args[1]);
+    if (ns == -1 && PyErr_Occurred())
+        return NULL;
+    return proactor_iterate(args[0], ns);
+}
+
+/* loop.time(), without the call when it is BaseEventLoop.time. */
+static int
+loop_time(PyObject *loop, double *out)
+{
+    PyObject *m = PyObject_GetAttr(loop, str_time);
+    if (m == NULL)
+        return -1;
+    if (PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == base_time
+            && PyMethod_GET_SELF(m) == loop) {
+        Py_DECREF(m);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);   /* time.monotonic() */
+        *out = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+        return 0;
+    }
+    PyObject *r = PyObject_CallNoArgs(m);
+    Py_DECREF(m);
+    if (r == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* Run the first n callbacks of the ready deque. */
+static int
+run_ready(PyObject *ready, Py_ssize_t n)
+{
+    while (n-- > 0) {
+        PyObject *h = PyObject_CallMethodNoArgs(ready, str_popleft);
+        if (h == NULL)
+            return -1;
+        int c = is_true(h, &handle_layout, H_CANCELLED);
+        if (c == 0) {
+            PyObject *r = PyObject_CallMethodNoArgs(h, str_run);
+            if (r == NULL)
+                c = -1;
+            Py_XDECREF(r);
+        }
+        Py_DECREF(h);
+        if (c < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "_run_once() takes no arguments");
+        return NULL;
+    }
+    int b = is_true(loop, &loop_layout, L_DEBUG);
+    if (b != 0)   /* debug mode: CPython's _run_once, with its slow-callback accounting */
+        return b < 0 ? NULL : PyObject_CallOneArg(base_run_once, loop);
+    PyObject *scheduled = NULL, *ready = NULL, *px = NULL, *batch = NULL, *ret = NULL;
+    scheduled = get_new(loop, &loop_layout, L_SCHEDULED);
+    ready = get_new(loop, &loop_layout, L_READY);
+    px = get_new(loop, &loop_layout, L_PROACTOR);
+    if (scheduled == NULL || ready == NULL || px == NULL)
+        goto done;
+    if (!PyList_CheckExact(scheduled)) {
+        PyErr_SetString(PyExc_TypeError, "loop._scheduled must be a list");
+        goto done;
+    }
+    /* Cancelled timers: compact the heap when they are many, else drop those
+     * at its head (Loop._compact_timers). */
+    Py_ssize_t count = PyList_GET_SIZE(scheduled);
+    if (count) {
+        int compact = 0;
+        if (count > min_scheduled) {
+            PyObject *tcc = get_new(loop, &loop_layout, L_TIMER_CANCELLED_COUNT);
+            if (tcc == NULL)
+                goto done;
+            double c = PyFloat_AsDouble(tcc);
+            Py_DECREF(tcc);
+            if (c == -1.0 && PyErr_Occurred())
+                goto done;
+            compact = c / (double)count > min_cancelled_fraction;
+        }
+        if (!compact) {
+            compact = is_true(PyList_GET_ITEM(scheduled, 0), &handle_layout, H_CANCELLED);
+            if (compact < 0)
+                goto done;
+        }
+        if (compact) {
+            PyObject *r = PyObject_CallMethodNoArgs(loop, str_compact_timers);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+            Py_SETREF(scheduled, get_new(loop, &loop_layout, L_SCHEDULED));
+            if (scheduled == NULL)
+                goto done;
+            if (!PyList_CheckExact(scheduled)) {
+                PyErr_SetString(PyExc_TypeError, "loop._scheduled must be a list");
+                goto done;
+            }
+        }
+    }
+    long long ns;
+    int busy = is_true(loop, &loop_layout, L_READY);
+    if (busy == 0)
+        busy = is_true(loop, &loop_layout, L_STOPPING);
+    if (busy < 0)
+        goto done;
+    if (busy) {
+        ns = 0;
+    } else if (PyList_GET_SIZE(scheduled)) {
+        PyObject *when_obj = get_new(PyList_GET_ITEM(scheduled, 0), &handle_layout, H_WHEN);
+        if (when_obj == NULL)
+            goto done;
+        double when = PyFloat_AsDouble(when_obj);
+        Py_DECREF(when_obj);
+        double now;
+        if ((when == -1.0 && PyErr_Occurred()) || loop_time(loop, &now) < 0)
+            goto done;
+        double timeout = when - now;
+        if (timeout > max_select_timeout)
+            timeout = max_select_timeout;
+        ns = timeout > 0 ? (long long)ceil(timeout * 1e9) : 0;
+    } else {
+        ns = -1;
+    }
+    batch = proactor_iterate(px, ns);
+    if (batch == NULL)
+        goto done;
+    Py_ssize_t n_ready = PyObject_Size(ready);
+    if (n_ready < 0)
+        goto done;
+    if (PyList_GET_SIZE(scheduled)) {
+        PyObject *res_obj = get_new(loop, &loop_layout, L_CLOCK_RESOLUTION);
+        if (res_obj == NULL)
+            goto done;
+        double resolution = PyFloat_AsDouble(res_obj);
+        Py_DECREF(res_obj);
+        double now;
+        if ((resolution == -1.0 && PyErr_Occurred()) || loop_time(loop, &now) < 0)
+            goto done;
+        double end_time = now + resolution;
+        while (PyList_GET_SIZE(scheduled)) {
+            PyObject *when_obj = get_new(PyList_GET_ITEM(scheduled, 0), &handle_layout, H_WHEN);
+            if (when_obj == NULL)
+                goto done;
+            double when = PyFloat_AsDouble(when_obj);
+            Py_DECREF(when_obj);
+            if (when == -1.0 && PyErr_Occurred())
+                goto done;
+            if (when >= end_time)   /* (not "<": a NaN deadline runs now) */
+                break;
+            PyObject *h = PyObject_CallOneArg(heappop, scheduled);
+            if (h == NULL)
+                goto done;
+            if (set_bool(h, &handle_layout, H_SCHEDULED, 0) < 0) {
+                Py_DECREF(h);
+                goto done;
+            }
+            PyObject *r = PyObject_CallMethodOneArg(ready, str_append, h);
+            Py_DECREF(h);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
+    }
+    Py_ssize_t n_timers = PyObject_Size(ready);
+    if (n_timers < 0)
+        goto done;
+    n_timers -= n_ready;
+    if (n_ready && run_ready(ready, n_ready) < 0) {
+        if (batch != Py_None) {
+            /* Not lost: dispatched on the next iteration. */
+            PyObject *exc = PyErr_GetRaisedException_compat();
+            PyObject *r = PyObject_CallMethodOneArg(px, str_schedule_dispatch, batch);
+            if (r == NULL) {
+                Py_DECREF(exc);
+                goto done;
+            }
+            Py_DECREF(r);
+            PyErr_SetRaisedException_compat(exc);
+        }
+        goto done;
+    }
+    if (batch != Py_None) {
+        PyObject *r = dispatch_batch(px, batch);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    if (n_timers > 0 && run_ready(ready, n_timers) < 0)
+        goto done;
+    ret = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(scheduled);
+    Py_XDECREF(ready);
+    Py_XDECREF(px);
+    Py_XDECREF(batch);
+    return ret;
+}
+
+static PyMethodDef loop_run_once_def = {
+    "_run_once", (PyCFunction)(void (*)(void))loop_run_once, METH_FASTCALL,
+    "_run_once($self, /)\n--\n\n"
+    "One loop iteration (C; see uringloop._loop.Loop)."
+};
+
+static PyObject *
+sp_loop_run_once(PyObject *module, PyObject *unused)
+{
+    return PyDescr_NewMethod(&PyBaseObject_Type, &loop_run_once_def);
+}
+
+static PyObject *
+sp_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes 6 arguments");
+        return NULL;
+    }
+    Py_ssize_t ms = PyLong_AsSsize_t(args[3]);
+    double frac = PyFloat_AsDouble(args[4]);
+    double maxt = PyFloat_AsDouble(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_XSETREF(base_run_once, Py_NewRef(args[0]));
+    Py_XSETREF(base_time, Py_NewRef(args[1]));
+    Py_XSETREF(heappop, Py_NewRef(args[2]));
+    min_scheduled = ms;
+    min_cancelled_fraction = frac;
+    max_select_timeout = maxt;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef transport_write_def = {
     "write", (PyCFunction)(void (*)(void))transport_write, METH_FASTCALL,
     "write($self, data, /)\n--\n\n"
@@ -740,7 +1224,14 @@ static PyMethodDef sp_methods[] = {
     {"run", (PyCFunction)(void (*)(void))sp_run, METH_FASTCALL,
      "run(ring, ns, must_enter, bufring, recycle) -> bytes | None | int"},
     {"dispatch", (PyCFunction)(void (*)(void))sp_dispatch, METH_FASTCALL,
-     "dispatch(ops, undispatched, data, report, reschedule)"},
+     "dispatch(proactor, data): run the completions of one batch"},
+    {"iterate", (PyCFunction)(void (*)(void))sp_iterate, METH_FASTCALL,
+     "iterate(proactor, ns) -> bytes | None: Proactor.iterate"},
+    {"loop_run_once", (PyCFunction)sp_loop_run_once, METH_NOARGS,
+     "loop_run_once() -> the C _run_once() method for uringloop.Loop"},
+    {"configure", (PyCFunction)(void (*)(void))sp_configure, METH_FASTCALL,
+     "configure(base_run_once, base_time, heappop, min_scheduled, min_cancelled_fraction, "
+     "max_select_timeout)"},
     {"send", (PyCFunction)(void (*)(void))sp_send, METH_FASTCALL,
      "send(fd, data) -> bytes sent (0: would block)"},
     {"transport_write", (PyCFunction)sp_transport_write, METH_O,
@@ -767,8 +1258,37 @@ sp_exec(PyObject *module)
     }
     op_names[O_CALLBACK] = Py_NewRef(str_callback);
     op_names[O_MULTISHOT] = Py_NewRef(str_multishot);
+    static const char *const xnames[X_NAMES] = {
+        "_harvesting", "dgram_recycle", "_ops", "_passive", "_must_enter", "_loop", "recycle",
+        "_sq_dirty", "sleeping", "_addr", "_bufring_addr", "_harvested", "_undispatched",
+    };
+    static const char *const lnames[L_NAMES] = {
+        "_ready", "_scheduled", "_stopping", "_timer_cancelled_count", "_clock_resolution",
+        "_debug", "_proactor", "_signal_handlers",
+    };
+    static const char *const hnames[H_NAMES] = {"_cancelled", "_when", "_scheduled"};
+    for (int i = 0; i < X_NAMES; i++) {
+        if (px_names[i] == NULL && (px_names[i] = PyUnicode_InternFromString(xnames[i])) == NULL)
+            return -1;
+    }
+    for (int i = 0; i < L_NAMES; i++) {
+        if (loop_names[i] == NULL
+                && (loop_names[i] = PyUnicode_InternFromString(lnames[i])) == NULL)
+            return -1;
+    }
+    for (int i = 0; i < H_NAMES; i++) {
+        if (handle_names[i] == NULL
+                && (handle_names[i] = PyUnicode_InternFromString(hnames[i])) == NULL)
+            return -1;
+    }
     struct { PyObject **slot; const char *name; } names[] = {
         {&proactor_names[P_HARVESTED], "_harvested"},
+        {&str_recover_harvest, "_recover_harvest"},
+        {&str_return_dgram_buffers, "_return_dgram_buffers"},
+        {&str_return_buffers, "_return_buffers"}, {&str_check_ret, "_check_ret"},
+        {&str_schedule_dispatch, "_schedule_dispatch"}, {&str_report, "_report"},
+        {&str_run, "_run"}, {&str_popleft, "popleft"}, {&str_time, "time"},
+        {&str_compact_timers, "_compact_timers"}, {&str_append, "append"},
         {&str_data_received, "data_received"}, {&str_fatal_error, "_fatal_error"},
         {&str_write_rest, "_write_rest"},
         {&msg_data_received, "Fatal error: protocol.data_received() call failed."},
