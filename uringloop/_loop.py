@@ -24,13 +24,14 @@ import asyncio
 import dataclasses
 import functools
 import heapq
+import inspect
 import os
 import signal
 import socket
 import sys
 import warnings
 import weakref
-from asyncio import base_events, events, unix_events
+from asyncio import base_events, events, format_helpers, unix_events
 from typing import Any, Iterable
 
 from . import _ring
@@ -64,6 +65,23 @@ class _SelfRead:
 
 _live_loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
 
+def _handle_error(handle: events.Handle, exc: BaseException) -> None:
+    """Handle._run's except branch, for the handles _speedups runs itself."""
+    kwargs = {"debug": handle._loop.get_debug()} if _FORMAT_TAKES_DEBUG else {}
+    cb = format_helpers._format_callback_source(handle._callback, handle._args, **kwargs)
+    context = {
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    }
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
+_FORMAT_TAKES_DEBUG = "debug" in inspect.signature(
+    format_helpers._format_callback_source).parameters
+_speedups.configure_handles(events.Handle, events.TimerHandle, _handle_error)
 _speedups.configure(base_events.BaseEventLoop._run_once, base_events.BaseEventLoop.time,
                     heapq.heappop, base_events._MIN_SCHEDULED_TIMER_HANDLES,
                     base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
@@ -110,7 +128,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     # What _speedups.loop_run_once reads per iteration is in slots (fixed
     # offsets; see speedups.c, "Slot access").  BaseEventLoop sets them.
     __slots__ = ("_ready", "_scheduled", "_stopping", "_timer_cancelled_count",
-                 "_clock_resolution", "_debug", "_proactor", "_signal_handlers")
+                 "_clock_resolution", "_debug", "_proactor", "_signal_handlers", "_closed")
 
     def __init__(self, *, sq_entries: int = _ring.DEFAULT_SQ_ENTRIES,
                  cq_entries: int = _ring.DEFAULT_CQ_ENTRIES,
@@ -183,26 +201,29 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
                 self._timer_cancelled_count -= 1
                 heapq.heappop(scheduled)._scheduled = False
 
-    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
-        """BaseEventLoop.call_soon, without its two inner method calls outside
-        debug mode (asyncio's tasks and futures schedule every step with it)."""
-        if self._debug or self._closed:
-            # Stock's body, inline: calling super() would add a frame to the
-            # handle's source traceback in debug mode.
-            self._check_closed()
-            if self._debug:
-                self._check_thread()
-                self._check_callback(callback, "call_soon")
-            handle = self._call_soon(callback, args, context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]
-            return handle
-        handle = events.Handle(callback, args, self, context)
-        self._ready.append(handle)
+    # call_soon(callback, *args, context=None): in C (_speedups.loop_call_soon)
+    # outside debug mode: it builds the Handle (the state Handle.__init__ sets)
+    # and appends it to the ready queue, without BaseEventLoop.call_soon's two
+    # inner method calls -- asyncio's tasks and futures schedule every step
+    # with it.  Debug mode, a closed loop or unexpected arguments go to
+    # _call_soon_slow, stock's body.
+    call_soon = _speedups.loop_call_soon()
+
+    def _call_soon_slow(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
+        # Stock's body, inline: one frame between the caller and _call_soon, as
+        # under stock asyncio, so a handle's source traceback ends at the caller.
+        self._check_closed()
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_soon")
+        handle = self._call_soon(callback, args, context)
+        if handle._source_traceback:
+            del handle._source_traceback[-1]
         return handle
 
     # Argument errors read exactly as stock's ("BaseEventLoop.call_soon() got ...").
-    call_soon.__qualname__ = "BaseEventLoop.call_soon"
+    _call_soon_slow.__name__ = "call_soon"
+    _call_soon_slow.__qualname__ = "BaseEventLoop.call_soon"
 
     def _check_closed_after_fork(self) -> None:
         # In a forked child the ring is the parent's: an error naming fork,

@@ -110,14 +110,26 @@ typedef struct {
     PyObject **names;                   /* interned, n of them */
     layout_way ways[LAYOUT_WAYS];
     int next;                           /* the way replaced next */
+    layout_way *last;                   /* the way found last */
 } layout;
 
-static const layout_way *
+static const layout_way *layout_fill(layout *l, PyTypeObject *tp);
+
+static inline const layout_way *
 layout_of(layout *l, PyTypeObject *tp)
+{
+    const layout_way *last = l->last;
+    if (last != NULL && last->type == tp)
+        return last;
+    return layout_fill(l, tp);
+}
+
+static const layout_way *
+layout_fill(layout *l, PyTypeObject *tp)
 {
     for (int w = 0; w < LAYOUT_WAYS; w++) {
         if (l->ways[w].type == tp)
-            return &l->ways[w];
+            return l->last = &l->ways[w];
     }
     layout_way *way = &l->ways[l->next];
     l->next = (l->next + 1) % LAYOUT_WAYS;
@@ -138,7 +150,7 @@ layout_of(layout *l, PyTypeObject *tp)
         Py_DECREF(d);
     }
     way->type = (PyTypeObject *)Py_NewRef((PyObject *)tp);
-    return way;
+    return l->last = way;
 }
 
 /* obj.<names[i]>, borrowed (valid while obj is), or NULL with an error set.
@@ -189,15 +201,15 @@ enum {
     T_CONN_LOST, T_SEND_OP, T_ZC_MIN, T_EMPTY_WAITER, T_SOCK, T_SOCK_FD, T_NAMES
 };
 static PyObject *transport_names[T_NAMES];
-static layout transport_layout = {T_NAMES, transport_names, {{0}}, 0};
+static layout transport_layout = {T_NAMES, transport_names, {{0}}, 0, NULL};
 
 /* An op's (uringloop._proactor.Op) and the proactor's. */
 enum { O_CALLBACK, O_MULTISHOT, O_NAMES };
 static PyObject *op_names[O_NAMES];
-static layout op_layout = {O_NAMES, op_names, {{0}}, 0};
+static layout op_layout = {O_NAMES, op_names, {{0}}, 0, NULL};
 enum { P_HARVESTED, P_NAMES };
 static PyObject *proactor_names[P_NAMES];
-static layout proactor_layout = {P_NAMES, proactor_names, {{0}}, 0};
+static layout proactor_layout = {P_NAMES, proactor_names, {{0}}, 0, NULL};
 
 static PyObject *str_recover_harvest, *str_return_dgram_buffers, *str_return_buffers;
 static PyObject *str_check_ret, *str_schedule_dispatch, *str_report, *str_run, *str_popleft;
@@ -772,18 +784,18 @@ enum {
     X_SQ_DIRTY, X_SLEEPING, X_ADDR, X_BUFRING_ADDR, X_HARVESTED, X_UNDISPATCHED, X_NAMES
 };
 static PyObject *px_names[X_NAMES];
-static layout px_layout = {X_NAMES, px_names, {{0}}, 0};
+static layout px_layout = {X_NAMES, px_names, {{0}}, 0, NULL};
 
 enum {
     L_READY, L_SCHEDULED, L_STOPPING, L_TIMER_CANCELLED_COUNT, L_CLOCK_RESOLUTION, L_DEBUG,
-    L_PROACTOR, L_SIGNAL_HANDLERS, L_NAMES
+    L_PROACTOR, L_SIGNAL_HANDLERS, L_CLOSED, L_NAMES
 };
 static PyObject *loop_names[L_NAMES];
-static layout loop_layout = {L_NAMES, loop_names, {{0}}, 0};
+static layout loop_layout = {L_NAMES, loop_names, {{0}}, 0, NULL};
 
 enum { H_CANCELLED, H_WHEN, H_SCHEDULED, H_NAMES };
 static PyObject *handle_names[H_NAMES];
-static layout handle_layout = {H_NAMES, handle_names, {{0}}, 0};
+static layout handle_layout = {H_NAMES, handle_names, {{0}}, 0, NULL};
 
 
 /* Set by configure(): BaseEventLoop._run_once and .time, heapq.heappop,
@@ -976,14 +988,21 @@ sp_iterate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* loop.time(), without the call when it is BaseEventLoop.time. */
 static int
-loop_time(PyObject *loop, double *out)
+loop_time(PyObject *loop, double *out, int *plain)
 {
+    if (*plain == 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);   /* time.monotonic() */
+        *out = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+        return 0;
+    }
     PyObject *m = PyObject_GetAttr(loop, str_time);
     if (m == NULL)
         return -1;
     if (PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == base_time
             && PyMethod_GET_SELF(m) == loop) {
         Py_DECREF(m);
+        *plain = 1;   /* for the rest of this iteration */
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);   /* time.monotonic() */
         *out = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -998,6 +1017,181 @@ loop_time(PyObject *loop, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* ------------------------------------------------------------------------
+ * Callbacks: Loop.call_soon() and running a ready Handle.
+ *
+ * call_soon (non-debug, open loop) builds the asyncio.Handle itself -- the
+ * state Handle.__init__ would set, in its slots -- and appends it to the
+ * ready queue; everything else (debug mode, a closed loop, unexpected
+ * arguments) goes to Loop._call_soon_slow, stock's body.  A ready Handle or
+ * TimerHandle (exactly those classes) runs as Handle._run does --
+ * context.run(callback, *args), an exception other than SystemExit and
+ * KeyboardInterrupt reported through the handle's loop (the configured
+ * ``handle_error``); any other handle's own _run() is called.
+ */
+enum {
+    HD_CALLBACK, HD_ARGS, HD_CANCELLED, HD_LOOP, HD_SOURCE_TRACEBACK, HD_REPR, HD_CONTEXT,
+    HD_NAMES
+};
+static PyObject *hd_names[HD_NAMES];
+static layout hd_layout = {HD_NAMES, hd_names, {{0}}, 0, NULL};
+static PyTypeObject *handle_cls, *timer_handle_cls;
+static const layout_way *handle_way;   /* Handle's slots, all present; NULL: no fast path */
+static PyObject *handle_error, *str_call_soon_slow, *str_context;
+
+static int
+run_handle(PyObject *h)
+{
+    PyTypeObject *tp = Py_TYPE(h);
+    if (handle_way == NULL || (tp != handle_cls && tp != timer_handle_cls)) {
+        PyObject *r = PyObject_CallMethodNoArgs(h, str_run);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    /* Handle and TimerHandle share Handle's slots (TimerHandle adds its own). */
+    char *base = (char *)h;
+    PyObject *ctx = *(PyObject **)(base + handle_way->off[HD_CONTEXT]);
+    PyObject *cb = *(PyObject **)(base + handle_way->off[HD_CALLBACK]);
+    PyObject *args = *(PyObject **)(base + handle_way->off[HD_ARGS]);
+    if (ctx == NULL || cb == NULL || args == NULL || !PyTuple_CheckExact(args)
+            || !PyContext_CheckExact(ctx)) {
+        PyObject *r = PyObject_CallMethodNoArgs(h, str_run);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    Py_INCREF(ctx);
+    Py_INCREF(cb);
+    Py_INCREF(args);
+    PyObject *r = NULL;
+    if (PyContext_Enter(ctx) == 0) {
+        r = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0),
+                                (size_t)PyTuple_GET_SIZE(args), NULL);
+        if (PyContext_Exit(ctx) < 0)
+            Py_CLEAR(r);
+    }
+    Py_DECREF(ctx);
+    Py_DECREF(cb);
+    Py_DECREF(args);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit)
+            || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    r = PyObject_CallFunctionObjArgs(handle_error, h, exc, NULL);
+    Py_DECREF(exc);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static PyObject *
+loop_call_soon(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context = Py_None;
+    int slow = handle_way == NULL || nargs < 1;
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        PyObject *kw = nkw == 1 ? PyTuple_GET_ITEM(kwnames, 0) : NULL;
+        /* (_asyncio's futures pass a "context" string of their own, not interned) */
+        if (kw != NULL && (kw == str_context
+                           || PyUnicode_CompareWithASCIIString(kw, "context") == 0))
+            context = args[nargs];
+        else
+            slow = 1;
+    }
+    const layout_way *lw = layout_of(&loop_layout, Py_TYPE(loop));
+    int b;
+    if (!slow) {
+        if ((b = slot_true(loop, &loop_layout, lw, L_DEBUG)) != 0
+                || (b = slot_true(loop, &loop_layout, lw, L_CLOSED)) != 0) {
+            if (b < 0)
+                return NULL;
+            slow = 1;
+        }
+    }
+    if (slow) {
+        /* Stock's body, and its errors ("BaseEventLoop.call_soon() ..."). */
+        PyObject *m = PyObject_GetAttr(loop, str_call_soon_slow);
+        if (m == NULL)
+            return NULL;
+        PyObject *r = PyObject_Vectorcall(m, args, nargsf, kwnames);
+        Py_DECREF(m);
+        return r;
+    }
+    PyObject *tmp;
+    PyObject *ready = slot_get(loop, &loop_layout, lw, L_READY, &tmp);
+    if (ready == NULL)
+        return NULL;
+    if (tmp == NULL)
+        tmp = Py_NewRef(ready);
+    PyObject *cargs = PyTuple_New(nargs - 1);
+    PyObject *ctx = context == Py_None ? PyContext_CopyCurrent() : Py_NewRef(context);
+    PyObject *h = (cargs && ctx) ? handle_cls->tp_alloc(handle_cls, 0) : NULL;
+    if (h == NULL) {
+        Py_XDECREF(cargs);
+        Py_XDECREF(ctx);
+        Py_DECREF(tmp);
+        return NULL;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(cargs, i - 1, Py_NewRef(args[i]));
+    char *base = (char *)h;
+#define HSET(i, v) (*(PyObject **)(base + handle_way->off[i]) = (v))
+    HSET(HD_CONTEXT, ctx);
+    HSET(HD_LOOP, Py_NewRef(loop));
+    HSET(HD_CALLBACK, Py_NewRef(args[0]));
+    HSET(HD_ARGS, cargs);
+    HSET(HD_CANCELLED, Py_NewRef(Py_False));
+    HSET(HD_REPR, Py_NewRef(Py_None));
+    HSET(HD_SOURCE_TRACEBACK, Py_NewRef(Py_None));
+#undef HSET
+    PyObject *r = PyObject_CallMethodOneArg(ready, str_append, h);
+    Py_DECREF(tmp);
+    if (r == NULL) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_DECREF(r);
+    return h;
+}
+
+static PyMethodDef loop_call_soon_def = {
+    "call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS,
+    "call_soon($self, callback, *args, context=None)\n--\n\n"
+    "Arrange for a callback to be called as soon as possible (C; see uringloop._loop.Loop)."
+};
+
+static PyObject *
+sp_loop_call_soon(PyObject *module, PyObject *unused)
+{
+    return PyDescr_NewMethod(&PyBaseObject_Type, &loop_call_soon_def);
+}
+
+/* configure_handles(Handle, TimerHandle, handle_error) */
+static PyObject *
+sp_configure_handles(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "configure_handles(Handle, TimerHandle, handle_error)");
+        return NULL;
+    }
+    Py_XSETREF(handle_cls, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(timer_handle_cls, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(handle_error, Py_NewRef(args[2]));
+    handle_way = NULL;
+    const layout_way *w = layout_of(&hd_layout, handle_cls);
+    const layout_way *tw = layout_of(&hd_layout, timer_handle_cls);
+    for (int i = 0; i < HD_NAMES; i++) {
+        if (w->off[i] < 0 || tw->off[i] != w->off[i])
+            Py_RETURN_FALSE;   /* not the layout we know: Python paths only */
+    }
+    handle_way = layout_of(&hd_layout, handle_cls);
+    Py_RETURN_TRUE;
+}
+
 /* Run the first n callbacks of the ready deque. */
 static int
 run_ready(PyObject *ready, Py_ssize_t n)
@@ -1007,12 +1201,8 @@ run_ready(PyObject *ready, Py_ssize_t n)
         if (h == NULL)
             return -1;
         int c = is_true(h, &handle_layout, H_CANCELLED);
-        if (c == 0) {
-            PyObject *r = PyObject_CallMethodNoArgs(h, str_run);
-            if (r == NULL)
-                c = -1;
-            Py_XDECREF(r);
-        }
+        if (c == 0)
+            c = run_handle(h);
         Py_DECREF(h);
         if (c < 0)
             return -1;
@@ -1031,6 +1221,7 @@ loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
     if (b != 0)   /* debug mode: CPython's _run_once, with its slow-callback accounting */
         return b < 0 ? NULL : PyObject_CallOneArg(base_run_once, loop);
     PyObject *scheduled = NULL, *ready = NULL, *px = NULL, *batch = NULL, *ret = NULL;
+    int plain_time = 0;   /* 1: loop.time is BaseEventLoop.time (looked up once) */
     scheduled = get_new(loop, &loop_layout, L_SCHEDULED);
     ready = get_new(loop, &loop_layout, L_READY);
     px = get_new(loop, &loop_layout, L_PROACTOR);
@@ -1089,7 +1280,7 @@ loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
         double when = PyFloat_AsDouble(when_obj);
         Py_DECREF(when_obj);
         double now;
-        if ((when == -1.0 && PyErr_Occurred()) || loop_time(loop, &now) < 0)
+        if ((when == -1.0 && PyErr_Occurred()) || loop_time(loop, &now, &plain_time) < 0)
             goto done;
         double timeout = when - now;
         if (timeout > max_select_timeout)
@@ -1111,7 +1302,7 @@ loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
         double resolution = PyFloat_AsDouble(res_obj);
         Py_DECREF(res_obj);
         double now;
-        if ((resolution == -1.0 && PyErr_Occurred()) || loop_time(loop, &now) < 0)
+        if ((resolution == -1.0 && PyErr_Occurred()) || loop_time(loop, &now, &plain_time) < 0)
             goto done;
         double end_time = now + resolution;
         while (PyList_GET_SIZE(scheduled)) {
@@ -1229,6 +1420,10 @@ static PyMethodDef sp_methods[] = {
      "iterate(proactor, ns) -> bytes | None: Proactor.iterate"},
     {"loop_run_once", (PyCFunction)sp_loop_run_once, METH_NOARGS,
      "loop_run_once() -> the C _run_once() method for uringloop.Loop"},
+    {"loop_call_soon", (PyCFunction)sp_loop_call_soon, METH_NOARGS,
+     "loop_call_soon() -> the C call_soon() method for uringloop.Loop"},
+    {"configure_handles", (PyCFunction)(void (*)(void))sp_configure_handles, METH_FASTCALL,
+     "configure_handles(Handle, TimerHandle, handle_error) -> whether the fast path is on"},
     {"configure", (PyCFunction)(void (*)(void))sp_configure, METH_FASTCALL,
      "configure(base_run_once, base_time, heappop, min_scheduled, min_cancelled_fraction, "
      "max_select_timeout)"},
@@ -1264,8 +1459,16 @@ sp_exec(PyObject *module)
     };
     static const char *const lnames[L_NAMES] = {
         "_ready", "_scheduled", "_stopping", "_timer_cancelled_count", "_clock_resolution",
-        "_debug", "_proactor", "_signal_handlers",
+        "_debug", "_proactor", "_signal_handlers", "_closed",
     };
+    static const char *const hdnames[HD_NAMES] = {
+        "_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr", "_context",
+    };
+    for (int i = 0; i < HD_NAMES; i++) {
+        if (hd_names[i] == NULL
+                && (hd_names[i] = PyUnicode_InternFromString(hdnames[i])) == NULL)
+            return -1;
+    }
     static const char *const hnames[H_NAMES] = {"_cancelled", "_when", "_scheduled"};
     for (int i = 0; i < X_NAMES; i++) {
         if (px_names[i] == NULL && (px_names[i] = PyUnicode_InternFromString(xnames[i])) == NULL)
@@ -1289,6 +1492,7 @@ sp_exec(PyObject *module)
         {&str_schedule_dispatch, "_schedule_dispatch"}, {&str_report, "_report"},
         {&str_run, "_run"}, {&str_popleft, "popleft"}, {&str_time, "time"},
         {&str_compact_timers, "_compact_timers"}, {&str_append, "append"},
+        {&str_call_soon_slow, "_call_soon_slow"}, {&str_context, "context"},
         {&str_data_received, "data_received"}, {&str_fatal_error, "_fatal_error"},
         {&str_write_rest, "_write_rest"},
         {&msg_data_received, "Fatal error: protocol.data_received() call failed."},
