@@ -195,3 +195,50 @@ def test_selector_transport_state_attributes() -> None:
     finally:
         loop.close()
         sock.close()
+
+
+def test_handle_layout_the_accelerator_builds() -> None:
+    # _speedups.loop_call_soon builds asyncio.Handle objects itself and runs
+    # ready Handles/TimerHandles as Handle._run does, by the slots below; if a
+    # CPython changes them it silently falls back to the Python paths, which
+    # would be correct but slow: fail here instead.
+    from asyncio import events
+
+    from uringloop import _loop
+
+    assert _loop.HANDLES_IN_C
+    assert set(events.Handle.__slots__) >= {
+        "_callback", "_args", "_cancelled", "_loop", "_source_traceback", "_repr", "_context"}
+    assert set(events.TimerHandle.__slots__) >= {"_when", "_scheduled"}
+    assert "_run" not in vars(events.TimerHandle)
+    # Handle.__init__ sets nothing the C constructor would miss.
+    loop = uringloop.Loop()
+    try:
+        stock = events.Handle(print, (1,), loop, None)
+        fast = loop.call_soon(print, 1)
+        for name in events.Handle.__slots__:
+            if name == "__weakref__":
+                continue
+            assert hasattr(stock, name) == hasattr(fast, name), name
+        fast.cancel()
+        stock.cancel()
+    finally:
+        loop.close()
+
+
+def test_loop_state_the_accelerator_reads_is_in_slots() -> None:
+    # The C iteration reads these at their slot offsets (docs/design.md §5).
+    from uringloop import _proactor, _stream
+
+    loop = uringloop.Loop()
+    try:
+        for name in ("_ready", "_scheduled", "_stopping", "_timer_cancelled_count",
+                     "_clock_resolution", "_debug", "_closed", "_proactor"):
+            assert name in uringloop.Loop.__slots__, name
+            assert name not in vars(loop), name
+        for name in ("_harvested", "_ops", "_undispatched", "recycle", "sleeping"):
+            assert name in _proactor.Proactor.__slots__, name
+        for name in ("_closing", "_paused", "_protocol", "_sock", "_send_op"):
+            assert name in _stream.UringSocketTransport.__slots__, name
+    finally:
+        loop.close()

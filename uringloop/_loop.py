@@ -81,7 +81,9 @@ def _handle_error(handle: events.Handle, exc: BaseException) -> None:
 
 _FORMAT_TAKES_DEBUG = "debug" in inspect.signature(
     format_helpers._format_callback_source).parameters
-_speedups.configure_handles(events.Handle, events.TimerHandle, _handle_error)
+#: Whether asyncio's Handle has the slots _speedups builds and runs it by (if a
+#: CPython changes them, Handle.__init__ and Handle._run are used instead).
+HANDLES_IN_C = _speedups.configure_handles(events.Handle, events.TimerHandle, _handle_error)
 _speedups.configure(base_events.BaseEventLoop._run_once, base_events.BaseEventLoop.time,
                     heapq.heappop, base_events._MIN_SCHEDULED_TIMER_HANDLES,
                     base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
