@@ -48,6 +48,7 @@ from asyncio import base_events, constants, futures, protocols, transports, trso
 from typing import Any
 
 from . import _ring
+from ._speedups import ReadableHook as _ReadableHook
 from ._speedups import RecvHook as _RecvHook
 from ._speedups import send as _send
 from ._speedups import transport_write as _transport_write
@@ -272,7 +273,10 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._buffered and proactor.ring.features.poll_multishot:
             # BufferedProtocol: wait for readiness, then recv_into() the
             # protocol's own buffer (see _on_readable).
-            op = CallbackOp(self._on_readable, self._sock, multishot=True)
+            # The common case (reading into a bytearray or memoryview) in C;
+            # the rest goes to _on_readable / _read_ready.
+            op = CallbackOp(_ReadableHook(self, proactor, self._on_readable), self._sock,
+                            multishot=True)
             ud = proactor.register(op)
             ret = lib.ul_prep_poll(proactor._ptr, self._sock_fd, _POLLIN, 1, ud)
         elif self._multishot:
@@ -370,59 +374,70 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             if res != _ECANCELED and not self._closing:
                 self._fatal_error(os_error(res), "Fatal read error on socket transport")
                 return
-        else:
-            sock = self._sock
-            while not (self._paused or self._closing or self._stash):
-                if not self._buffered:
-                    # set_protocol() switched to a plain Protocol: end the poll;
-                    # its final completion re-arms the receive that protocol
-                    # gets (nothing has been read, so nothing is stranded).
-                    self._stop_reading()
-                    break
-                protocol = self._protocol
-                try:
-                    buf = protocol.get_buffer(-1)
-                    if not len(buf):
-                        raise RuntimeError("get_buffer() returned an empty buffer")
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
-                    return
-                t = type(buf)
-                if t is memoryview:
-                    room = buf.nbytes
-                elif t is bytearray:
-                    room = len(buf)
-                else:
-                    try:
-                        room = memoryview(buf).nbytes
-                    except TypeError:
-                        room = 0   # recv_into() raises stock's TypeError just below
-                try:
-                    n = sock.recv_into(buf)  # type: ignore[union-attr]
-                except (BlockingIOError, InterruptedError):
-                    break
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal read error on socket transport")
-                    return
-                if not n:
-                    self._readable_eof()
-                    return
-                self._data_batch = self._proactor._harvested
-                try:
-                    protocol.buffer_updated(n)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
-                    return
-                if n < room and not res & _POLL_END:
-                    break   # drained: the next arrival posts a new completion
+        elif self._read_ready(res, None):
+            return
         if self._recv_op is None and self._want_read() and not self._stash:
             self._arm_recv()
+
+    def _read_ready(self, res: int, buf: Any) -> bool:
+        """The read loop of _on_readable; True if it ended the transport's reading
+        (EOF or a fatal error).  ``res``: the poll's mask.  ``buf``: a buffer
+        get_buffer() already returned for the first read (the C ReadableHook
+        hands over what it does not read itself), or None."""
+        sock = self._sock
+        while not (self._paused or self._closing or self._stash):
+            if not self._buffered:
+                # set_protocol() switched to a plain Protocol: end the poll;
+                # its final completion re-arms the receive that protocol
+                # gets (nothing has been read, so nothing is stranded).
+                self._stop_reading()
+                break
+            protocol = self._protocol
+            try:
+                if buf is None:
+                    buf = protocol.get_buffer(-1)
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return True
+            t = type(buf)
+            if t is memoryview:
+                room = buf.nbytes
+            elif t is bytearray:
+                room = len(buf)
+            else:
+                try:
+                    room = memoryview(buf).nbytes
+                except TypeError:
+                    room = 0   # recv_into() raises stock's TypeError just below
+            try:
+                n = sock.recv_into(buf)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                break
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on socket transport")
+                return True
+            finally:
+                buf = None
+            if not n:
+                self._readable_eof()
+                return True
+            self._data_batch = self._proactor._harvested
+            try:
+                protocol.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return True
+            if n < room and not res & _POLL_END:
+                break   # drained: the next arrival posts a new completion
+        return False
 
     def _readable_eof(self) -> None:
         self._read_eof = True

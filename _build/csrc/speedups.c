@@ -20,8 +20,8 @@
  *       Proactor.iterate: the ring call of one loop iteration, with its
  *       bookkeeping (see that method).
  *   loop_run_once() -> a method descriptor: Loop._run_once (non-debug).
- *   RecvHook, transport_write(): the stream transport's receive and write
- *       hot paths (see there).
+ *   RecvHook, ReadableHook, transport_write(): the stream transport's receive
+ *       (Protocol, BufferedProtocol) and write hot paths (see there).
  *   send(fd, data) -> int
  *       One non-blocking send(2) of a bytes-like object: bytes sent, 0 if the
  *       socket buffer is full; OSError otherwise (EINTR retried, PEP 475).
@@ -684,6 +684,254 @@ static PyTypeObject RecvHook_Type = {
     .tp_clear = (inquiry)recvhook_clear,
     .tp_dealloc = (destructor)recvhook_dealloc,
     .tp_vectorcall_offset = offsetof(RecvHook, vectorcall),
+    .tp_call = PyVectorcall_Call,
+};
+
+/* ------------------------------------------------------------------------
+ * ReadableHook: the multishot POLLIN completion handler of a stream
+ * transport whose protocol is a BufferedProtocol (asyncio's TLS included).
+ *
+ * The common case -- readiness with more to come, a transport that is reading
+ * with a BufferedProtocol, get_buffer() returning a writable bytearray or
+ * contiguous memoryview -- is handled here: recv() into that buffer,
+ * buffer_updated(n), again until a short read (the poll is edge-triggered;
+ * once the mask shows the peer shut down, on to EOF or EAGAIN).  The rest
+ * goes to the transport's Python: _on_readable(res, flags) for the CQE, or
+ * _read_ready(res, buf) to go on with a buffer get_buffer() already gave.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *transport;
+    PyObject *proactor;
+    PyObject *slow;         /* transport._on_readable */
+    vectorcallfunc vectorcall;
+} ReadableHook;
+
+#define UL_POLL_END (0x2000 /* POLLRDHUP */ | 0x10 /* POLLHUP */ | 0x8 /* POLLERR */)
+
+static PyObject *str_get_buffer, *str_buffer_updated, *str_read_ready, *str_readable_eof;
+static PyObject *msg_get_buffer, *msg_buffer_updated, *msg_read_error, *msg_empty_buffer;
+static PyObject *minus_one;
+
+/* transport._fatal_error(exc, msg) with the exception raised now; -1 if the
+ * exception is SystemExit or KeyboardInterrupt (left raised) or the call fails. */
+static int
+fatal_current(PyObject *t, PyObject *msg)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit)
+            || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    PyObject *fargs[3] = {t, exc, msg};
+    PyObject *r = PyObject_VectorcallMethod(str_fatal_error, fargs,
+                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(exc);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static PyObject *
+readable_rest(PyObject *t, PyObject *res_obj, PyObject *buf)
+{
+    PyObject *margs[3] = {t, res_obj, buf};
+    PyObject *r = PyObject_VectorcallMethod(str_read_ready, margs,
+                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ReadableHook *self = (ReadableHook *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "ReadableHook takes (res, flags)");
+        return NULL;
+    }
+    long res = PyLong_AsLong(args[0]);
+    if (res == -1 && PyErr_Occurred())
+        return NULL;
+    unsigned long flags = PyLong_AsUnsignedLong(args[1]);
+    if (flags == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (res < 0 || !(flags & UL_CQE_F_MORE))
+        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    PyObject *t = self->transport;
+    const layout *L = &transport_layout;
+    const layout_way *way = layout_of(&transport_layout, Py_TYPE(t));
+    PyObject *tmp;
+    PyObject *sock = slot_get(t, L, way, T_SOCK, &tmp);
+    if (sock == NULL)
+        return NULL;
+    Py_XDECREF(tmp);
+    if (sock == Py_None)
+        return readable_rest(t, args[0], Py_None);
+    PyObject *fd_obj = slot_get(t, L, way, T_SOCK_FD, &tmp);
+    if (fd_obj == NULL)
+        return NULL;
+    int fd = PyLong_AsInt_compat(fd_obj);
+    Py_XDECREF(tmp);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    for (;;) {
+        int b;
+        if ((b = slot_true(t, L, way, T_PAUSED)) != 0 || (b = slot_true(t, L, way, T_CLOSING)) != 0
+                || (b = slot_true(t, L, way, T_STASH)) != 0
+                || (b = slot_true(t, L, way, T_BUFFERED)) != 1) {
+            if (b < 0)
+                return NULL;
+            return readable_rest(t, args[0], Py_None);   /* it decides: stop or go on */
+        }
+        PyObject *protocol = slot_get(t, L, way, T_PROTOCOL, &tmp);
+        if (protocol == NULL)
+            return NULL;
+        if (tmp == NULL)
+            tmp = Py_NewRef(protocol);
+        PyObject *gargs[2] = {protocol, minus_one};
+        PyObject *buf = PyObject_VectorcallMethod(str_get_buffer, gargs,
+                                                  2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (buf == NULL) {
+            Py_DECREF(tmp);
+            return fatal_current(t, msg_get_buffer) < 0 ? NULL : Py_NewRef(Py_None);
+        }
+        PyTypeObject *bt = Py_TYPE(buf);
+        Py_buffer view;
+        if ((bt != &PyByteArray_Type && bt != &PyMemoryView_Type)
+                || PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+            PyErr_Clear();
+            Py_DECREF(tmp);
+            PyObject *r = readable_rest(t, args[0], buf);   /* its checks, its errors */
+            Py_DECREF(buf);
+            return r;
+        }
+        if (view.len == 0) {
+            PyBuffer_Release(&view);
+            Py_DECREF(buf);
+            PyErr_SetObject(PyExc_RuntimeError, msg_empty_buffer);
+            int rc = fatal_current(t, msg_get_buffer);
+            Py_DECREF(tmp);
+            return rc < 0 ? NULL : Py_NewRef(Py_None);
+        }
+        Py_ssize_t room = view.len;
+        ssize_t n;
+        for (;;) {
+            n = recv(fd, view.buf, (size_t)room, MSG_DONTWAIT);
+            if (n >= 0 || errno != EINTR)
+                break;
+            if (PyErr_CheckSignals() < 0) {
+                PyBuffer_Release(&view);
+                Py_DECREF(buf);
+                Py_DECREF(tmp);
+                return NULL;
+            }
+        }
+        int err = errno;
+        PyBuffer_Release(&view);
+        Py_DECREF(buf);
+        if (n < 0) {
+            Py_DECREF(tmp);
+            if (err == EAGAIN || err == EWOULDBLOCK)
+                Py_RETURN_NONE;   /* drained */
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return fatal_current(t, msg_read_error) < 0 ? NULL : Py_NewRef(Py_None);
+        }
+        if (n == 0) {
+            Py_DECREF(tmp);
+            PyObject *r = PyObject_CallMethodNoArgs(t, str_readable_eof);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+            Py_RETURN_NONE;
+        }
+        PyObject *btmp;
+        PyObject *batch = slot_get(self->proactor, &proactor_layout,
+                                   layout_of(&proactor_layout, Py_TYPE(self->proactor)),
+                                   P_HARVESTED, &btmp);
+        int rc = batch == NULL ? -1 : slot_set(t, L, way, T_DATA_BATCH, batch);
+        Py_XDECREF(btmp);
+        if (rc < 0) {
+            Py_DECREF(tmp);
+            return NULL;
+        }
+        PyObject *n_obj = PyLong_FromSsize_t(n);
+        if (n_obj == NULL) {
+            Py_DECREF(tmp);
+            return NULL;
+        }
+        PyObject *uargs[2] = {protocol, n_obj};
+        PyObject *r = PyObject_VectorcallMethod(str_buffer_updated, uargs,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(n_obj);
+        Py_DECREF(tmp);
+        if (r == NULL)
+            return fatal_current(t, msg_buffer_updated) < 0 ? NULL : Py_NewRef(Py_None);
+        Py_DECREF(r);
+        if (n < room && !(res & UL_POLL_END))
+            Py_RETURN_NONE;   /* drained: the next arrival posts a new completion */
+    }
+}
+
+static PyObject *
+readablehook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *transport, *proactor, *slow;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "ReadableHook takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOO:ReadableHook", &transport, &proactor, &slow))
+        return NULL;
+    ReadableHook *self = (ReadableHook *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->transport = Py_NewRef(transport);
+    self->proactor = Py_NewRef(proactor);
+    self->slow = Py_NewRef(slow);
+    self->vectorcall = readablehook_call;
+    return (PyObject *)self;
+}
+
+static int
+readablehook_traverse(ReadableHook *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->transport);
+    Py_VISIT(self->proactor);
+    Py_VISIT(self->slow);
+    return 0;
+}
+
+static int
+readablehook_clear(ReadableHook *self)
+{
+    Py_CLEAR(self->transport);
+    Py_CLEAR(self->proactor);
+    Py_CLEAR(self->slow);
+    return 0;
+}
+
+static void
+readablehook_dealloc(ReadableHook *self)
+{
+    PyObject_GC_UnTrack(self);
+    readablehook_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ReadableHook_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._speedups.ReadableHook",
+    .tp_basicsize = sizeof(ReadableHook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "ReadableHook(transport, proactor, slow)",
+    .tp_new = readablehook_new,
+    .tp_traverse = (traverseproc)readablehook_traverse,
+    .tp_clear = (inquiry)readablehook_clear,
+    .tp_dealloc = (destructor)readablehook_dealloc,
+    .tp_vectorcall_offset = offsetof(ReadableHook, vectorcall),
     .tp_call = PyVectorcall_Call,
 };
 
@@ -1493,6 +1741,12 @@ sp_exec(PyObject *module)
         {&str_run, "_run"}, {&str_popleft, "popleft"}, {&str_time, "time"},
         {&str_compact_timers, "_compact_timers"}, {&str_append, "append"},
         {&str_call_soon_slow, "_call_soon_slow"}, {&str_context, "context"},
+        {&str_get_buffer, "get_buffer"}, {&str_buffer_updated, "buffer_updated"},
+        {&str_read_ready, "_read_ready"}, {&str_readable_eof, "_readable_eof"},
+        {&msg_get_buffer, "Fatal error: protocol.get_buffer() call failed."},
+        {&msg_buffer_updated, "Fatal error: protocol.buffer_updated() call failed."},
+        {&msg_read_error, "Fatal read error on socket transport"},
+        {&msg_empty_buffer, "get_buffer() returned an empty buffer"},
         {&str_data_received, "data_received"}, {&str_fatal_error, "_fatal_error"},
         {&str_write_rest, "_write_rest"},
         {&msg_data_received, "Fatal error: protocol.data_received() call failed."},
@@ -1502,7 +1756,11 @@ sp_exec(PyObject *module)
                 && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return -1;
     }
-    if (PyType_Ready(&RecvHook_Type) < 0)
+    if (PyType_Ready(&RecvHook_Type) < 0 || PyType_Ready(&ReadableHook_Type) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "ReadableHook", (PyObject *)&ReadableHook_Type) < 0)
+        return -1;
+    if (minus_one == NULL && (minus_one = PyLong_FromLong(-1)) == NULL)
         return -1;
     if (PyModule_AddObjectRef(module, "RecvHook", (PyObject *)&RecvHook_Type) < 0)
         return -1;
