@@ -64,10 +64,19 @@ logger = logging.getLogger("uringloop")
 UD_IGNORE = 0
 
 # The provided-buffer group for stream receives: BUF_COUNT buffers of BUF_SIZE
-# bytes (virtual memory; pages are touched only as data arrives).
+# bytes (virtual memory; pages are touched only as data arrives), of which only
+# a window is in the kernel's ring at first: BUF_WINDOW, doubled each time a
+# receive finds the ring empty (ENOBUFS), up to all of them.  The ring is
+# FIFO, so every buffer in it is filled in turn: a small window keeps the
+# memory the kernel copies into hot in the CPU cache (measured: 100 KiB echo,
+# kernel copy time per request -20% with 16 buffers in the ring instead of
+# 512), while a busy loop with many connections grows it to what it needs.
+# 256 KiB buffers take a 100 KiB message in one completion (64 KiB took two:
+# two data_received() calls, two sends).
 BUF_GROUP = 0
-BUF_COUNT = 512
-BUF_SIZE = 64 * 1024
+BUF_COUNT = 128
+BUF_SIZE = 256 * 1024
+BUF_WINDOW = 16
 # The provided-buffer group for datagram receives (multishot IORING_OP_RECVMSG,
 # see _datagram.py): each buffer holds an io_uring_recvmsg_out header, room for
 # a sockaddr_storage and the largest UDP payload (65527 bytes, IPv6).
@@ -245,6 +254,7 @@ class Proactor:
         self.bufring: Any = None
         self.buf_ptrs: list[Any] = []
         self.buf_base_addr = 0
+        self._spare_bufs: list[int] = []   # stream buffers not yet given to the kernel
         self.recycle: list[int] = []
         # The same for datagram receives (group DGRAM_BUF_GROUP), created on first use.
         self.dgram_bufring: Any = None
@@ -256,7 +266,9 @@ class Proactor:
         if self.bufring is None:
             if not self.ring.features.recv_multishot or self.closed:
                 return False
-            self.bufring = self.ring.create_bufring(BUF_GROUP, BUF_COUNT, BUF_SIZE)
+            self.bufring = self.ring.create_bufring(BUF_GROUP, BUF_COUNT, BUF_SIZE,
+                                                    provide=BUF_WINDOW)
+            self._spare_bufs = list(range(BUF_COUNT - 1, BUF_WINDOW - 1, -1))
             self._bufring_addr = int(ffi.cast("uintptr_t", self.bufring))
             base = lib.ul_bufring_base(self.bufring)
             self.buf_ptrs = [base + i * BUF_SIZE for i in range(BUF_COUNT)]
@@ -274,6 +286,15 @@ class Proactor:
             base = lib.ul_bufring_base(self.dgram_bufring)
             self.dgram_buf_ptrs = [base + i * DGRAM_BUF_SIZE for i in range(DGRAM_BUF_COUNT)]
         return True
+
+    def grow_bufring(self) -> None:
+        """A receive found the stream buffer ring empty: double its window
+        (the new buffers reach the kernel with the next iteration's call)."""
+        spare = self._spare_bufs
+        if spare:
+            n = min(len(spare), BUF_COUNT - len(spare))   # as many as are in use
+            self.recycle.extend(spare[-n:])
+            del spare[-n:]
 
     def _return_buffers(self) -> None:
         recycle = self.recycle

@@ -552,9 +552,13 @@ class Ring:
 
     # -- provided-buffer rings ------------------------------------------------
 
-    def create_bufring(self, bgid: int, nbufs: int, buf_size: int) -> Any:
+    def create_bufring(self, bgid: int, nbufs: int, buf_size: int,
+                       provide: int | None = None) -> Any:
+        """A provided-buffer ring of nbufs buffers; only the first ``provide``
+        (default: all) go to the kernel now, the rest are the caller's."""
         out = ffi.new("ul_bufring **")
-        self._raise_for(lib.ul_bufring_create(self.ptr, bgid, nbufs, buf_size, out))
+        self._raise_for(lib.ul_bufring_create_partial(
+            self.ptr, bgid, nbufs, buf_size, nbufs if provide is None else provide, out))
         self._bufrings[bgid] = out[0]
         return out[0]
 

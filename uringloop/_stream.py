@@ -343,7 +343,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             if not self._closing:
                 self._kernel_eof()
             return
-        elif res != _ECANCELED and res != _ENOBUFS:
+        elif res == _ENOBUFS:
+            self._proactor.grow_bufring()   # the ring ran dry: more buffers in it
+        elif res != _ECANCELED:
             if not self._closing:
                 self._fatal_error(os_error(res), "Fatal read error on socket transport")
             return

@@ -668,10 +668,19 @@ static void bufring_put(ul_bufring *b, uint16_t bid, unsigned offset)
 int ul_bufring_create(ul_ring *r, uint16_t bgid, unsigned nbufs,
                       unsigned buf_size, ul_bufring **out)
 {
+    return ul_bufring_create_partial(r, bgid, nbufs, buf_size, nbufs, out);
+}
+
+/* As ul_bufring_create, but only buffers [0, provide) go to the kernel now;
+ * the others are the caller's to hand over later (ul_bufring_recycle). */
+int ul_bufring_create_partial(ul_ring *r, uint16_t bgid, unsigned nbufs,
+                              unsigned buf_size, unsigned provide, ul_bufring **out)
+{
     *out = NULL;
     if (r->dead)
         return -EBADFD;
-    if (nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)) || buf_size == 0)
+    if (nbufs == 0 || nbufs > 32768 || (nbufs & (nbufs - 1)) || buf_size == 0
+            || provide > nbufs)
         return -EINVAL;
     ul_bufring *b = calloc(1, sizeof(*b));
     if (!b)
@@ -708,9 +717,9 @@ int ul_bufring_create(ul_ring *r, uint16_t bgid, unsigned nbufs,
         free(b);
         return ret;
     }
-    for (unsigned i = 0; i < nbufs; i++)
+    for (unsigned i = 0; i < provide; i++)
         bufring_put(b, (uint16_t)i, i);
-    b->tail = (uint16_t)(b->tail + nbufs);
+    b->tail = (uint16_t)(b->tail + provide);
     UL_STORE_RELEASE(&b->br->tail, b->tail);
     *out = b;
     return 0;

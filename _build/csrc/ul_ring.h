@@ -99,6 +99,8 @@ int ul_prep_timeout(ul_ring *r, int64_t ns, unsigned count, uint64_t ud);
 /* Provided-buffer rings. */
 int ul_bufring_create(ul_ring *r, uint16_t bgid, unsigned nbufs,
                       unsigned buf_size, ul_bufring **out);
+int ul_bufring_create_partial(ul_ring *r, uint16_t bgid, unsigned nbufs,
+                              unsigned buf_size, unsigned provide, ul_bufring **out);
 int ul_bufring_destroy(ul_bufring *br);  /* -errno other than -EBADFD: nothing freed */
 void ul_bufring_recycle(ul_bufring *br, uint16_t bid);   /* bid >= nbufs ignored */
 void ul_bufring_recycle_many(ul_bufring *br, const uint16_t *bids, unsigned n);
