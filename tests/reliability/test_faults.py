@@ -117,7 +117,7 @@ async def _many_receivers(npairs: int, rounds: int, chunk: int, buffered: bool,
                           slow: bool) -> tuple[int, int]:
     """npairs socketpairs, our end a transport; the peer ends are written from a
     plain callback, all at once, so one iteration finds data on every
-    connection (more than the 512 provided buffers).  Returns (ok, total)."""
+    connection (more than the 128 provided buffers).  Returns (ok, total)."""
     loop = asyncio.get_running_loop()
     peers, protos, transports = [], [], []
     try:
@@ -197,7 +197,7 @@ def test_enobufs_was_forced(consumer: str, monkeypatch: pytest.MonkeyPatch) -> N
     """The exhaustion really happens: the kernel ends multishot receives with
     ENOBUFS, they are re-armed, nothing is lost.  Forced with COOP_TASKRUN:
     under DEFER_TASKRUN the kernel runs a bounded batch of task work per enter
-    and the 512 buffers are handed back before they run out (the default-ring
+    and the buffers are handed back before they run out (the default-ring
     variant above checks that nothing is lost there).  A BufferedProtocol
     reads on readiness into its own buffer when the kernel has multishot poll
     (no provided buffers to exhaust); the provided-buffer receive it falls
@@ -215,6 +215,28 @@ def test_enobufs_was_forced(consumer: str, monkeypatch: pytest.MonkeyPatch) -> N
         resource.setrlimit(resource.RLIMIT_NOFILE, old)
     assert ok == total
     assert counter.count > 0
+
+
+def test_buffer_window_grows_when_the_ring_runs_dry() -> None:
+    """Only a window of the stream receive buffers is in the kernel's ring at
+    first; a receive that finds it empty (ENOBUFS) doubles it, and nothing is
+    lost meanwhile."""
+    from uringloop import _proactor
+
+    npairs = 300
+    old = raise_nofile(2 * npairs + 200)
+    try:
+        async def main() -> tuple[int, int, int]:
+            ok, total = await _many_receivers(npairs, 3, 3000, False, False)
+            proactor = asyncio.get_running_loop()._proactor  # type: ignore[attr-defined]
+            return ok, total, _proactor.BUF_COUNT - len(proactor._spare_bufs)
+
+        (ok, total, window), _ = run_small_ring(main, disable=("defer_taskrun",))
+    finally:
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+    assert ok == total
+    assert window > _proactor.BUF_WINDOW
 
 
 @pytest.mark.parametrize("ring,counter", [
