@@ -335,3 +335,15 @@ async def test_data_received_error_is_fatal_as_stock() -> None:
             "Fatal error: protocol.data_received() call failed.")
     finally:
         b.close()
+
+
+def test_unrepresentable_deadline_raises_as_stock(loop: asyncio.AbstractEventLoop) -> None:
+    # Stock computes the poll timeout as ``when - time()``: an int too large
+    # for a float raises OverflowError out of the iteration.  So does ours.
+    h = loop.call_at(10**400, print)
+    fut = loop.create_future()
+    with pytest.raises(OverflowError):
+        loop.run_until_complete(fut)
+    h.cancel()
+    loop.call_soon(fut.set_result, None)
+    loop.run_until_complete(fut)
