@@ -248,7 +248,8 @@ class Proactor:
         # The provided-buffer ring shared by every multishot receive of this loop,
         # created on first use.  ``recycle`` collects buffer ids handed back by
         # completions; they return to the kernel in one call per iteration.
-        self._undispatched: list[bytes] = []
+        self._undispatched: list[bytes] = []   # harvested, not yet dispatched (FIFO)
+        self._drain_scheduled = False          # select(): a dispatch is in the ready queue
         # Listening socket -> its accept op's owner (uringloop._network._Acceptor).
         self.acceptors: dict[Any, Any] = {}
         self.bufring: Any = None
@@ -417,15 +418,18 @@ class Proactor:
         debug mode; otherwise Loop._run_once calls iterate() and dispatch() itself,
         in the same order.
         """
-        if timeout is None:
-            ns = -1
-        elif timeout <= 0:
+        if self._undispatched or (timeout is not None and timeout <= 0):
+            # (a harvest a Ctrl-C left undispatched: its ops, the self-pipe read
+            # among them, re-arm only once it runs -- no sleeping before that)
             ns = 0
+        elif timeout is None:
+            ns = -1
         else:
             ns = math.ceil(timeout * 1e9)
-        data = self.iterate(ns)
-        if data is not None:
-            self._schedule_dispatch(data)
+        self.iterate(ns)
+        # (Also picks up a harvest whose scheduling a Ctrl-C cut short.)
+        if self._undispatched and not self._drain_scheduled:
+            self._schedule_dispatch()
         return []
 
     def iterate(self, ns: int) -> bytes | None:
@@ -474,23 +478,31 @@ class Proactor:
         self._undispatched.append(data)
         return data
 
-    def _schedule_dispatch(self, data: bytes) -> None:
-        # ``_undispatched`` (filled by iterate()) lets close() account for
-        # reaped-but-unrun CQEs.
+    def _schedule_dispatch(self) -> None:
+        # Debug mode (select()): the dispatch as one ready-queue callback.  The
+        # handle is queued before the flag is set: an interrupt in between
+        # leaves at worst a second, harmless dispatch, never none.
         self._loop._ready.append(asyncio.Handle(  # type: ignore[union-attr]
-            self.dispatch, (data,), self._loop, None))
+            self._run_scheduled_dispatch, (), self._loop, None))
+        self._drain_scheduled = True
 
-    def dispatch(self, data: bytes) -> None:
-        """Run the completions of one iterate() (exactly once per batch).
+    def _run_scheduled_dispatch(self) -> None:
+        self._drain_scheduled = False
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Run the completions harvested so far (exactly once each), oldest
+        batch first.
 
         For each CQE: look its op up, retire the op on its final CQE, and call
         ``op.callback(res, flags)`` (or ``op.complete(res, flags)``).  An error
-        escaping a handler is reported and the batch goes on; SystemExit and
-        KeyboardInterrupt propagate, and the rest of the batch is scheduled for
-        the next iteration.  In C (_speedups.dispatch), which Loop._run_once
-        calls directly.
+        escaping a handler is reported and the batch goes on.  If SystemExit or
+        KeyboardInterrupt escapes, or the report itself fails, the CQEs not yet
+        dispatched go back to the front of ``_undispatched`` for the next
+        dispatch: nothing harvested is lost.  In C (_speedups.dispatch), which
+        Loop._run_once calls directly.
         """
-        _dispatch(self, data)
+        _dispatch(self)
 
     def _report(self, exc: BaseException) -> None:
         # Ops handle their own errors: one escaping a handler is a bug.

@@ -14,8 +14,8 @@
  *       only when the call may sleep (ns != 0).  Returns the harvested CQEs as
  *       bytes (16 per CQE: u64 user_data, i32 res, u32 flags), None when there
  *       were none, or a negative errno.
- *   dispatch(proactor, data) -> None
- *       Run the completions of one run(): see Proactor.dispatch.
+ *   dispatch(proactor) -> None
+ *       Run the completions harvested so far: see Proactor.dispatch.
  *   iterate(proactor, ns) -> bytes | None
  *       Proactor.iterate: the ring call of one loop iteration, with its
  *       bookkeeping (see that method).
@@ -302,30 +302,17 @@ sp_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                                      (Py_ssize_t)n * (Py_ssize_t)sizeof(ul_cqe));
 }
 
-/* Remove the object ``item`` (by identity) from list ``lst``; absent is fine. */
-static int
-list_remove_identity(PyObject *lst, PyObject *item)
-{
-    Py_ssize_t n = PyList_GET_SIZE(lst);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyList_GET_ITEM(lst, i) == item)
-            return PyList_SetSlice(lst, i, i + 1, NULL);
-    }
-    return 0;
-}
-
-/* Proactor.dispatch(data): run the completions of one batch. */
+/* Proactor.dispatch(): run the completions of every harvested batch, oldest
+ * first.  A batch leaves ``_undispatched`` as its dispatch starts; if that is
+ * cut short (KeyboardInterrupt, SystemExit, an error reporting an error), the
+ * CQEs not yet dispatched go back to its front, for the next dispatch. */
 static PyObject *px_get(PyObject *px, int i);
 static PyObject *dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched,
                                PyObject *data);
 
 static PyObject *
-dispatch_batch(PyObject *px, PyObject *data)
+dispatch_pending(PyObject *px)
 {
-    if (!PyBytes_CheckExact(data)) {
-        PyErr_SetString(PyExc_TypeError, "dispatch(): data must be bytes");
-        return NULL;
-    }
     PyObject *ops = px_get(px, 0), *undispatched = px_get(px, 1);
     PyObject *result = NULL;
     if (ops == NULL || undispatched == NULL)
@@ -334,7 +321,24 @@ dispatch_batch(PyObject *px, PyObject *data)
         PyErr_SetString(PyExc_TypeError, "dispatch(): bad proactor state");
         goto out;
     }
-    result = dispatch_cqes(px, ops, undispatched, data);
+    while (PyList_GET_SIZE(undispatched)) {
+        PyObject *data = Py_NewRef(PyList_GET_ITEM(undispatched, 0));
+        if (PyList_SetSlice(undispatched, 0, 1, NULL) < 0) {
+            Py_DECREF(data);
+            goto out;
+        }
+        if (!PyBytes_CheckExact(data)) {
+            Py_DECREF(data);
+            PyErr_SetString(PyExc_TypeError, "dispatch(): a batch must be bytes");
+            goto out;
+        }
+        PyObject *r = dispatch_cqes(px, ops, undispatched, data);
+        Py_DECREF(data);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+    }
+    result = Py_NewRef(Py_None);
 out:
     Py_XDECREF(ops);
     Py_XDECREF(undispatched);
@@ -342,20 +346,32 @@ out:
 }
 
 static PyObject *
-sp_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+sp_dispatch(PyObject *module, PyObject *px)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "dispatch() takes 2 arguments");
-        return NULL;
+    return dispatch_pending(px);
+}
+
+/* The CQEs of ``data`` from byte offset ``off`` on go back to the front of
+ * ``undispatched``, keeping the exception being raised. */
+static void
+requeue_rest(PyObject *undispatched, PyObject *data, Py_ssize_t off)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    if (off >= size)
+        return;
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    PyObject *rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + off, size - off);
+    if (rest == NULL || PyList_Insert(undispatched, 0, rest) < 0) {
+        /* Out of memory: these completions are lost; say so loudly. */
+        PyErr_WriteUnraisable(undispatched);
     }
-    return dispatch_batch(args[0], args[1]);
+    Py_XDECREF(rest);
+    PyErr_SetRaisedException_compat(exc);
 }
 
 static PyObject *
 dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched, PyObject *data)
 {
-    if (list_remove_identity(undispatched, data) < 0)
-        return NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(data);
     Py_ssize_t count = size / (Py_ssize_t)sizeof(ul_cqe);
     /* ``data`` is immutable and we hold a reference through args: reading it
@@ -365,14 +381,19 @@ dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched, PyObject *dat
     for (Py_ssize_t i = 0; i < count; i++) {
         ul_cqe c;
         memcpy(&c, base + i * (Py_ssize_t)sizeof(ul_cqe), sizeof(c));
+        Py_ssize_t here = i * (Py_ssize_t)sizeof(ul_cqe);
         PyObject *key = PyLong_FromUnsignedLongLong(c.user_data);
-        if (key == NULL)
+        if (key == NULL) {
+            requeue_rest(undispatched, data, here);
             return NULL;
+        }
         PyObject *op = PyDict_GetItemWithError(ops, key);   /* borrowed */
         if (op == NULL) {
             Py_DECREF(key);
-            if (PyErr_Occurred())
+            if (PyErr_Occurred()) {
+                requeue_rest(undispatched, data, here);
                 return NULL;
+            }
             continue;   /* UD_IGNORE, or a late CQE of an op already final */
         }
         Py_INCREF(op);
@@ -416,29 +437,8 @@ dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched, PyObject *dat
         }
         if (PyErr_ExceptionMatches(PyExc_SystemExit)
                 || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
-            /* Not lost: the rest of the batch runs on the next iteration. */
-            Py_ssize_t off = (i + 1) * (Py_ssize_t)sizeof(ul_cqe);
-            if (off < size) {
-                PyObject *exc = PyErr_GetRaisedException_compat();
-                PyObject *rest = PyBytes_FromStringAndSize(base + off, size - off);
-                if (rest == NULL) {
-                    Py_DECREF(exc);
-                    return NULL;
-                }
-                if (PyList_Append(undispatched, rest) < 0) {
-                    Py_DECREF(rest);
-                    Py_DECREF(exc);
-                    return NULL;
-                }
-                PyObject *r2 = PyObject_CallMethodOneArg(px, str_schedule_dispatch, rest);
-                Py_DECREF(rest);
-                if (r2 == NULL) {
-                    Py_DECREF(exc);
-                    return NULL;
-                }
-                Py_DECREF(r2);
-                PyErr_SetRaisedException_compat(exc);
-            }
+            /* Not lost: the rest of the batch goes with the next dispatch. */
+            requeue_rest(undispatched, data, here + (Py_ssize_t)sizeof(ul_cqe));
             return NULL;
         }
         /* Ops handle their own errors; this is a bug, but the rest of the
@@ -446,11 +446,15 @@ dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched, PyObject *dat
         PyObject *exc = PyErr_GetRaisedException_compat();
         PyObject *r2 = PyObject_CallMethodOneArg(px, str_report, exc);
         Py_DECREF(exc);
-        if (r2 == NULL)
+        if (r2 == NULL) {
+            requeue_rest(undispatched, data, here + (Py_ssize_t)sizeof(ul_cqe));
             return NULL;
+        }
         Py_DECREF(r2);
         continue;
     fail_op:
+        /* The op could not be retired: it stays, and so does its CQE. */
+        requeue_rest(undispatched, data, here);
         Py_XDECREF(key);
         Py_DECREF(op);
         return NULL;
@@ -1514,9 +1518,14 @@ loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     long long ns;
+    /* Busy (no sleeping in the kernel): callbacks ready, stopping, or a harvest
+     * still to dispatch (a Ctrl-C cut the last iteration short: the ops it
+     * completes, the self-pipe read among them, re-arm only once dispatched). */
     int busy = is_true(loop, &loop_layout, L_READY);
     if (busy == 0)
         busy = is_true(loop, &loop_layout, L_STOPPING);
+    if (busy == 0)
+        busy = is_true(px, &px_layout, X_UNDISPATCHED);
     if (busy < 0)
         goto done;
     if (busy) {
@@ -1581,25 +1590,24 @@ loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
     if (n_timers < 0)
         goto done;
     n_timers -= n_ready;
-    if (n_ready && run_ready(ready, n_ready) < 0) {
-        if (batch != Py_None) {
-            /* Not lost: dispatched on the next iteration. */
-            PyObject *exc = PyErr_GetRaisedException_compat();
-            PyObject *r = PyObject_CallMethodOneArg(px, str_schedule_dispatch, batch);
-            if (r == NULL) {
-                Py_DECREF(exc);
-                goto done;
-            }
-            Py_DECREF(r);
-            PyErr_SetRaisedException_compat(exc);
-        }
+    /* If a ready callback raises (Ctrl-C), the harvest stays pending in
+     * _undispatched: the next iteration's dispatch runs it. */
+    if (n_ready && run_ready(ready, n_ready) < 0)
         goto done;
-    }
-    if (batch != Py_None) {
-        PyObject *r = dispatch_batch(px, batch);
-        if (r == NULL)
+    {
+        PyObject *und = get_new(px, &px_layout, X_UNDISPATCHED);
+        if (und == NULL)
             goto done;
-        Py_DECREF(r);
+        int pending = PyObject_IsTrue(und);
+        Py_DECREF(und);
+        if (pending < 0)
+            goto done;
+        if (pending) {
+            PyObject *r = dispatch_pending(px);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
     }
     if (n_timers > 0 && run_ready(ready, n_timers) < 0)
         goto done;
@@ -1662,8 +1670,8 @@ sp_transport_write(PyObject *module, PyObject *cls)
 static PyMethodDef sp_methods[] = {
     {"run", (PyCFunction)(void (*)(void))sp_run, METH_FASTCALL,
      "run(ring, ns, must_enter, bufring, recycle) -> bytes | None | int"},
-    {"dispatch", (PyCFunction)(void (*)(void))sp_dispatch, METH_FASTCALL,
-     "dispatch(proactor, data): run the completions of one batch"},
+    {"dispatch", (PyCFunction)sp_dispatch, METH_O,
+     "dispatch(proactor): run the completions of every harvested batch, oldest first"},
     {"iterate", (PyCFunction)(void (*)(void))sp_iterate, METH_FASTCALL,
      "iterate(proactor, ns) -> bytes | None: Proactor.iterate"},
     {"loop_run_once", (PyCFunction)sp_loop_run_once, METH_NOARGS,
