@@ -127,7 +127,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     :class:`uringloop.UringUnavailableError` when io_uring cannot be used.
     """
 
-    # What _speedups.loop_run_once reads per iteration is in slots (fixed
+    # What the C _run_once reads per iteration is in slots (fixed
     # offsets; see speedups.c, "Slot access").  BaseEventLoop sets them.
     __slots__ = ("_ready", "_scheduled", "_stopping", "_timer_cancelled_count",
                  "_clock_resolution", "_debug", "_proactor", "_signal_handlers", "_closed")
@@ -170,7 +170,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     def _process_events(self, event_list: Any) -> None:
         pass  # completions are dispatched by the proactor (see _run_once)
 
-    # _run_once(): one iteration, in C (_speedups.loop_run_once).  Same
+    # _run_once(): one iteration, in C (_speedups.method("_run_once")).  Same
     # semantics and order as BaseEventLoop._run_once with a selector: drop
     # cancelled timers (``_compact_timers``), poll the kernel up to the next
     # timer (Proactor.iterate), then run the callbacks that were ready, then
@@ -179,7 +179,7 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     # completions is scheduled for the next iteration, not lost.  Debug mode
     # runs CPython's _run_once, whose slow-callback accounting then covers the
     # completion batch as one callback (Proactor.select schedules it).
-    _run_once = _speedups.loop_run_once()
+    _run_once = _speedups.method("_run_once")
 
     def _compact_timers(self) -> None:
         """Drop cancelled timers: rebuild the heap when they are many, else
@@ -203,13 +203,13 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
                 self._timer_cancelled_count -= 1
                 heapq.heappop(scheduled)._scheduled = False
 
-    # call_soon(callback, *args, context=None): in C (_speedups.loop_call_soon)
+    # call_soon(callback, *args, context=None): in C (_speedups.method("call_soon"))
     # outside debug mode: it builds the Handle (the state Handle.__init__ sets)
     # and appends it to the ready queue, without BaseEventLoop.call_soon's two
     # inner method calls -- asyncio's tasks and futures schedule every step
     # with it.  Debug mode, a closed loop or unexpected arguments go to
     # _call_soon_slow, stock's body.
-    call_soon = _speedups.loop_call_soon()
+    call_soon = _speedups.method("call_soon")
 
     def _call_soon_slow(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
         # Stock's body, inline: one frame between the caller and _call_soon, as

@@ -51,7 +51,7 @@ from . import _ring
 from ._speedups import ReadableHook as _ReadableHook
 from ._speedups import RecvHook as _RecvHook
 from ._speedups import send as _send
-from ._speedups import transport_write as _transport_write
+from ._speedups import method as _c_method
 from ._proactor import BUF_COUNT, BUF_SIZE, BUF_GROUP, CallbackOp, Proactor, os_error
 from ._ring import ffi, lib
 
@@ -395,15 +395,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._stop_reading()
                 break
             protocol = self._protocol
-            try:
-                if buf is None:
-                    buf = protocol.get_buffer(-1)
-                if not len(buf):
-                    raise RuntimeError("get_buffer() returned an empty buffer")
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            buf = self._get_buffer(protocol, buf)
+            if buf is None:
                 return True
             t = type(buf)
             if t is memoryview:
@@ -441,6 +434,21 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 break   # drained: the next arrival posts a new completion
         return False
 
+    def _get_buffer(self, protocol: Any, buf: Any) -> Any:
+        """protocol.get_buffer(-1) (unless ``buf`` is one it already gave),
+        checked as stock checks it; None after a fatal error."""
+        try:
+            if buf is None:
+                buf = protocol.get_buffer(-1)
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return None
+        return buf
+
     def _readable_eof(self) -> None:
         self._read_eof = True
         self._stop_reading()
@@ -471,14 +479,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         piece-by-piece path below, which honours a pause between pieces.
         """
         protocol = self._protocol
-        try:
-            buf = protocol.get_buffer(-1)
-            if not len(buf):
-                raise RuntimeError("get_buffer() returned an empty buffer")
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+        buf = self._get_buffer(protocol, None)
+        if buf is None:
             return
         try:
             room = _writable(buf).nbytes
@@ -503,15 +505,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         # ``buf``: a buffer get_buffer() already returned for the first piece.
         view = memoryview(data)
         while view:
-            try:
-                if buf is None:
-                    buf = self._protocol.get_buffer(-1)
-                if not len(buf):
-                    raise RuntimeError("get_buffer() returned an empty buffer")
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            buf = self._get_buffer(self._protocol, buf)
+            if buf is None:
                 return
             try:
                 target = _writable(buf).cast("B")
@@ -597,10 +592,10 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
 
     # -- writing --------------------------------------------------------------------
 
-    # write(data): in C (_speedups.transport_write) for the common case -- an
+    # write(data): in C (_speedups.method("write")) for the common case -- an
     # idle transport whose socket takes the bytes whole -- and otherwise
     # _write_rest(data, None), or _write_rest(data, sent) after the C send.
-    write = _transport_write(None)
+    write = _c_method("write")
 
     def _write_rest(self, data: Any, sent: Any) -> None:
         """write()'s general path (and its reference).

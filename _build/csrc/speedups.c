@@ -19,8 +19,9 @@
  *   iterate(proactor, ns) -> bytes | None
  *       Proactor.iterate: the ring call of one loop iteration, with its
  *       bookkeeping (see that method).
- *   loop_run_once() -> a method descriptor: Loop._run_once (non-debug).
- *   RecvHook, ReadableHook, transport_write(): the stream transport's receive
+ *   method("_run_once"), method("call_soon"): Loop's (non-debug) iteration and
+ *       call_soon, as method descriptors.
+ *   RecvHook, ReadableHook, method("write"): the stream transport's receive
  *       (Protocol, BufferedProtocol) and write hot paths (see there).
  *   send(fd, data) -> int
  *       One non-blocking send(2) of a bytes-like object: bytes sent, 0 if the
@@ -521,32 +522,46 @@ typedef struct {
     PyObject_HEAD
     PyObject *transport;
     PyObject *proactor;
-    PyObject *recycle;      /* list of buffer ids to hand back */
-    PyObject *slow;         /* transport._on_recv */
-    const char *base;       /* the provided buffers: base + bid * buf_size */
+    PyObject *recycle;      /* RecvHook: list of buffer ids to hand back; else NULL */
+    PyObject *slow;         /* the transport's Python handler */
+    const char *base;       /* RecvHook: the provided buffers, base + bid * buf_size */
     Py_ssize_t buf_size;
     Py_ssize_t nbufs;
     vectorcallfunc vectorcall;
-} RecvHook;
+} StreamHook;   /* RecvHook and ReadableHook: one type, two call functions */
+
+typedef StreamHook RecvHook;
+typedef StreamHook ReadableHook;
 
 static PyObject *str_data_received, *str_fatal_error, *str_write_rest, *msg_data_received;
 
 #define UL_CQE_F_BUFFER (1U << 0)
 
+/* A completion handler's arguments: (res, flags). */
+static int
+hook_args(PyObject *const *args, size_t nargsf, PyObject *kwnames,
+          long *res, unsigned long *flags)
+{
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a completion handler takes (res, flags)");
+        return -1;
+    }
+    *res = PyLong_AsLong(args[0]);
+    if (*res == -1 && PyErr_Occurred())
+        return -1;
+    *flags = PyLong_AsUnsignedLong(args[1]);
+    if (*flags == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
 static PyObject *
 recvhook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     RecvHook *self = (RecvHook *)op;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 2 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "RecvHook takes (res, flags)");
-        return NULL;
-    }
-    long res = PyLong_AsLong(args[0]);
-    if (res == -1 && PyErr_Occurred())
-        return NULL;
-    unsigned long flags = PyLong_AsUnsignedLong(args[1]);
-    if (flags == (unsigned long)-1 && PyErr_Occurred())
+    long res;
+    unsigned long flags;
+    if (hook_args(args, nargsf, kwnames, &res, &flags) < 0)
         return NULL;
     PyObject *t = self->transport;
     unsigned long bid = flags >> 16;
@@ -616,15 +631,31 @@ slow:
     return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
 }
 
+static PyTypeObject StreamHook_Type;
+
+static StreamHook *
+hook_alloc(PyObject *transport, PyObject *proactor, PyObject *slow, vectorcallfunc call)
+{
+    StreamHook *self = PyObject_GC_New(StreamHook, &StreamHook_Type);
+    if (self == NULL)
+        return NULL;
+    self->transport = Py_NewRef(transport);
+    self->proactor = Py_NewRef(proactor);
+    self->slow = Py_NewRef(slow);
+    self->recycle = NULL;
+    self->base = NULL;
+    self->buf_size = self->nbufs = 0;
+    self->vectorcall = call;
+    PyObject_GC_Track(self);
+    return self;
+}
+
+/* RecvHook(transport, proactor, recycle, slow, base, buf_size, nbufs) */
 static PyObject *
-recvhook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+sp_recv_hook(PyObject *module, PyObject *args)
 {
     PyObject *transport, *proactor, *recycle, *slow, *base_obj;
     Py_ssize_t buf_size, nbufs;
-    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
-        PyErr_SetString(PyExc_TypeError, "RecvHook takes no keyword arguments");
-        return NULL;
-    }
     if (!PyArg_ParseTuple(args, "OOO!OOnn:RecvHook", &transport, &proactor, &PyList_Type,
                           &recycle, &slow, &base_obj, &buf_size, &nbufs))
         return NULL;
@@ -635,22 +666,18 @@ recvhook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "RecvHook: bad buffer ring");
         return NULL;
     }
-    RecvHook *self = (RecvHook *)type->tp_alloc(type, 0);
+    StreamHook *self = hook_alloc(transport, proactor, slow, recvhook_call);
     if (self == NULL)
         return NULL;
-    self->transport = Py_NewRef(transport);
-    self->proactor = Py_NewRef(proactor);
     self->recycle = Py_NewRef(recycle);
-    self->slow = Py_NewRef(slow);
     self->base = base;
     self->buf_size = buf_size;
     self->nbufs = nbufs;
-    self->vectorcall = recvhook_call;
     return (PyObject *)self;
 }
 
 static int
-recvhook_traverse(RecvHook *self, visitproc visit, void *arg)
+hook_traverse(StreamHook *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->transport);
     Py_VISIT(self->proactor);
@@ -660,7 +687,7 @@ recvhook_traverse(RecvHook *self, visitproc visit, void *arg)
 }
 
 static int
-recvhook_clear(RecvHook *self)
+hook_clear(StreamHook *self)
 {
     Py_CLEAR(self->transport);
     Py_CLEAR(self->proactor);
@@ -670,24 +697,23 @@ recvhook_clear(RecvHook *self)
 }
 
 static void
-recvhook_dealloc(RecvHook *self)
+hook_dealloc(StreamHook *self)
 {
     PyObject_GC_UnTrack(self);
-    recvhook_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    hook_clear(self);
+    PyObject_GC_Del(self);
 }
 
-static PyTypeObject RecvHook_Type = {
+static PyTypeObject StreamHook_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "uringloop._speedups.RecvHook",
-    .tp_basicsize = sizeof(RecvHook),
+    .tp_name = "uringloop._speedups.StreamHook",
+    .tp_basicsize = sizeof(StreamHook),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "RecvHook(transport, proactor, recycle, slow, base, buf_size, nbufs)",
-    .tp_new = recvhook_new,
-    .tp_traverse = (traverseproc)recvhook_traverse,
-    .tp_clear = (inquiry)recvhook_clear,
-    .tp_dealloc = (destructor)recvhook_dealloc,
-    .tp_vectorcall_offset = offsetof(RecvHook, vectorcall),
+    .tp_doc = "A stream transport's completion handler (made by RecvHook or ReadableHook).",
+    .tp_traverse = (traverseproc)hook_traverse,
+    .tp_clear = (inquiry)hook_clear,
+    .tp_dealloc = (destructor)hook_dealloc,
+    .tp_vectorcall_offset = offsetof(StreamHook, vectorcall),
     .tp_call = PyVectorcall_Call,
 };
 
@@ -703,13 +729,6 @@ static PyTypeObject RecvHook_Type = {
  * goes to the transport's Python: _on_readable(res, flags) for the CQE, or
  * _read_ready(res, buf) to go on with a buffer get_buffer() already gave.
  */
-typedef struct {
-    PyObject_HEAD
-    PyObject *transport;
-    PyObject *proactor;
-    PyObject *slow;         /* transport._on_readable */
-    vectorcallfunc vectorcall;
-} ReadableHook;
 
 #define UL_POLL_END (0x2000 /* POLLRDHUP */ | 0x10 /* POLLHUP */ | 0x8 /* POLLERR */)
 
@@ -750,16 +769,9 @@ static PyObject *
 readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     ReadableHook *self = (ReadableHook *)op;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 2 || kwnames != NULL) {
-        PyErr_SetString(PyExc_TypeError, "ReadableHook takes (res, flags)");
-        return NULL;
-    }
-    long res = PyLong_AsLong(args[0]);
-    if (res == -1 && PyErr_Occurred())
-        return NULL;
-    unsigned long flags = PyLong_AsUnsignedLong(args[1]);
-    if (flags == (unsigned long)-1 && PyErr_Occurred())
+    long res;
+    unsigned long flags;
+    if (hook_args(args, nargsf, kwnames, &res, &flags) < 0)
         return NULL;
     if (res < 0 || !(flags & UL_CQE_F_MORE))
         return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
@@ -879,65 +891,15 @@ readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
     }
 }
 
+/* ReadableHook(transport, proactor, slow) */
 static PyObject *
-readablehook_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+sp_readable_hook(PyObject *module, PyObject *args)
 {
     PyObject *transport, *proactor, *slow;
-    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
-        PyErr_SetString(PyExc_TypeError, "ReadableHook takes no keyword arguments");
-        return NULL;
-    }
     if (!PyArg_ParseTuple(args, "OOO:ReadableHook", &transport, &proactor, &slow))
         return NULL;
-    ReadableHook *self = (ReadableHook *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    self->transport = Py_NewRef(transport);
-    self->proactor = Py_NewRef(proactor);
-    self->slow = Py_NewRef(slow);
-    self->vectorcall = readablehook_call;
-    return (PyObject *)self;
+    return (PyObject *)hook_alloc(transport, proactor, slow, readablehook_call);
 }
-
-static int
-readablehook_traverse(ReadableHook *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->transport);
-    Py_VISIT(self->proactor);
-    Py_VISIT(self->slow);
-    return 0;
-}
-
-static int
-readablehook_clear(ReadableHook *self)
-{
-    Py_CLEAR(self->transport);
-    Py_CLEAR(self->proactor);
-    Py_CLEAR(self->slow);
-    return 0;
-}
-
-static void
-readablehook_dealloc(ReadableHook *self)
-{
-    PyObject_GC_UnTrack(self);
-    readablehook_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyTypeObject ReadableHook_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "uringloop._speedups.ReadableHook",
-    .tp_basicsize = sizeof(ReadableHook),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "ReadableHook(transport, proactor, slow)",
-    .tp_new = readablehook_new,
-    .tp_traverse = (traverseproc)readablehook_traverse,
-    .tp_clear = (inquiry)readablehook_clear,
-    .tp_dealloc = (destructor)readablehook_dealloc,
-    .tp_vectorcall_offset = offsetof(ReadableHook, vectorcall),
-    .tp_call = PyVectorcall_Call,
-};
 
 /* ------------------------------------------------------------------------
  * write(self, data): UringSocketTransport.write's common case in C -- an idle
@@ -1410,17 +1372,6 @@ loop_call_soon(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *k
     return h;
 }
 
-static PyMethodDef loop_call_soon_def = {
-    "call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS,
-    "call_soon($self, callback, *args, context=None)\n--\n\n"
-    "Arrange for a callback to be called as soon as possible (C; see uringloop._loop.Loop)."
-};
-
-static PyObject *
-sp_loop_call_soon(PyObject *module, PyObject *unused)
-{
-    return PyDescr_NewMethod(&PyBaseObject_Type, &loop_call_soon_def);
-}
 
 /* configure_handles(Handle, TimerHandle, handle_error) */
 static PyObject *
@@ -1620,17 +1571,6 @@ done:
     return ret;
 }
 
-static PyMethodDef loop_run_once_def = {
-    "_run_once", (PyCFunction)(void (*)(void))loop_run_once, METH_FASTCALL,
-    "_run_once($self, /)\n--\n\n"
-    "One loop iteration (C; see uringloop._loop.Loop)."
-};
-
-static PyObject *
-sp_loop_run_once(PyObject *module, PyObject *unused)
-{
-    return PyDescr_NewMethod(&PyBaseObject_Type, &loop_run_once_def);
-}
 
 static PyObject *
 sp_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1653,31 +1593,51 @@ sp_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-static PyMethodDef transport_write_def = {
-    "write", (PyCFunction)(void (*)(void))transport_write, METH_FASTCALL,
-    "write($self, data, /)\n--\n\n"
-    "Write bytes to the transport; never blocks (see UringSocketTransport)."
+
+/* The methods this module gives Python classes (method(name)). */
+static PyMethodDef class_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))transport_write, METH_FASTCALL,
+     "write($self, data, /)\n--\n\n"
+     "Write bytes to the transport; never blocks (C; see UringSocketTransport)."},
+    {"_run_once", (PyCFunction)(void (*)(void))loop_run_once, METH_FASTCALL,
+     "_run_once($self, /)\n--\n\n"
+     "One loop iteration (C; see uringloop._loop.Loop)."},
+    {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS,
+     "call_soon($self, callback, *args, context=None)\n--\n\n"
+     "Arrange for a callback to be called as soon as possible (C; see uringloop._loop.Loop)."},
 };
 
+/* method(name): the named C method as a method descriptor of ``object``: it
+ * binds to any instance, and the interpreter calls it without creating a
+ * bound-method object. */
 static PyObject *
-sp_transport_write(PyObject *module, PyObject *cls)
+sp_method(PyObject *module, PyObject *name)
 {
-    /* A method descriptor of ``object``: binds to any instance, and the
-     * interpreter calls it without creating a bound-method object. */
-    return PyDescr_NewMethod(&PyBaseObject_Type, &transport_write_def);
+    const char *want = PyUnicode_AsUTF8(name);
+    if (want == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof(class_methods) / sizeof(class_methods[0]); i++) {
+        if (strcmp(class_methods[i].ml_name, want) == 0)
+            return PyDescr_NewMethod(&PyBaseObject_Type, &class_methods[i]);
+    }
+    PyErr_Format(PyExc_ValueError, "no C method %R", name);
+    return NULL;
 }
 
 static PyMethodDef sp_methods[] = {
+    {"method", (PyCFunction)sp_method, METH_O,
+     "method(name) -> the C method 'write', '_run_once' or 'call_soon' as a descriptor"},
     {"run", (PyCFunction)(void (*)(void))sp_run, METH_FASTCALL,
      "run(ring, ns, must_enter, bufring, recycle) -> bytes | None | int"},
     {"dispatch", (PyCFunction)sp_dispatch, METH_O,
      "dispatch(proactor): run the completions of every harvested batch, oldest first"},
     {"iterate", (PyCFunction)(void (*)(void))sp_iterate, METH_FASTCALL,
      "iterate(proactor, ns) -> bytes | None: Proactor.iterate"},
-    {"loop_run_once", (PyCFunction)sp_loop_run_once, METH_NOARGS,
-     "loop_run_once() -> the C _run_once() method for uringloop.Loop"},
-    {"loop_call_soon", (PyCFunction)sp_loop_call_soon, METH_NOARGS,
-     "loop_call_soon() -> the C call_soon() method for uringloop.Loop"},
+    {"RecvHook", (PyCFunction)sp_recv_hook, METH_VARARGS,
+     "RecvHook(transport, proactor, recycle, slow, base, buf_size, nbufs) -> a "
+     "multishot receive's completion handler"},
+    {"ReadableHook", (PyCFunction)sp_readable_hook, METH_VARARGS,
+     "ReadableHook(transport, proactor, slow) -> a multishot POLLIN completion handler"},
     {"configure_handles", (PyCFunction)(void (*)(void))sp_configure_handles, METH_FASTCALL,
      "configure_handles(Handle, TimerHandle, handle_error) -> whether the fast path is on"},
     {"configure", (PyCFunction)(void (*)(void))sp_configure, METH_FASTCALL,
@@ -1685,8 +1645,6 @@ static PyMethodDef sp_methods[] = {
      "max_select_timeout)"},
     {"send", (PyCFunction)(void (*)(void))sp_send, METH_FASTCALL,
      "send(fd, data) -> bytes sent (0: would block)"},
-    {"transport_write", (PyCFunction)sp_transport_write, METH_O,
-     "transport_write(cls) -> the C write() method for a stream transport class"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1764,14 +1722,11 @@ sp_exec(PyObject *module)
                 && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
             return -1;
     }
-    if (PyType_Ready(&RecvHook_Type) < 0 || PyType_Ready(&ReadableHook_Type) < 0)
-        return -1;
-    if (PyModule_AddObjectRef(module, "ReadableHook", (PyObject *)&ReadableHook_Type) < 0)
+    if (PyType_Ready(&StreamHook_Type) < 0)
         return -1;
     if (minus_one == NULL && (minus_one = PyLong_FromLong(-1)) == NULL)
         return -1;
-    if (PyModule_AddObjectRef(module, "RecvHook", (PyObject *)&RecvHook_Type) < 0)
-        return -1;
+
     if (PyModule_AddIntConstant(module, "CQE_SIZE", (long)sizeof(ul_cqe)) < 0)
         return -1;
     return 0;
