@@ -31,7 +31,7 @@ import socket
 import sys
 import warnings
 import weakref
-from asyncio import base_events, events, format_helpers, unix_events
+from asyncio import base_events, events, format_helpers, futures, tasks, unix_events
 from typing import Any, Iterable
 
 from . import _ring
@@ -88,6 +88,8 @@ _speedups.configure(base_events.BaseEventLoop._run_once, base_events.BaseEventLo
                     heapq.heappop, base_events._MIN_SCHEDULED_TIMER_HANDLES,
                     base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
                     base_events.MAXIMUM_SELECT_TIMEOUT)
+_speedups.configure_tasks(futures, tasks, base_events.BaseEventLoop.create_task,
+                          base_events.BaseEventLoop.create_future, vars(base_events))
 
 
 def _after_fork_in_child() -> None:
@@ -97,9 +99,12 @@ def _after_fork_in_child() -> None:
     # hot path free of any extra check (the ring's own hook reset the rings).
     for loop in list(_live_loops):
         loop._check_closed = loop._check_closed_after_fork  # type: ignore[method-assign]
-        # The lean call_soon() below does not call _check_closed(): stock's does.
+        # The lean call_soon() and create_task() below do not call
+        # _check_closed(): stock's do.
         loop.call_soon = functools.partial(  # type: ignore[method-assign]
             base_events.BaseEventLoop.call_soon, loop)
+        loop.create_task = functools.partial(  # type: ignore[method-assign]
+            base_events.BaseEventLoop.create_task, loop)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -226,6 +231,17 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     # Argument errors read exactly as stock's ("BaseEventLoop.call_soon() got ...").
     _call_soon_slow.__name__ = "call_soon"
     _call_soon_slow.__qualname__ = "BaseEventLoop.call_soon"
+
+    # Called for every Future and Task (by _asyncio: get_debug, and is_running
+    # for an eager task) and per message by streams, timeouts and aiohttp:
+    # stock's bodies, in C (speedups.c).  In debug mode create_future and
+    # create_task are stock's (a future's source traceback ends in them), as
+    # is create_task with a task factory or a closed loop.
+    get_debug = _speedups.method("get_debug")
+    is_running = _speedups.method("is_running")
+    time = _speedups.method("time")
+    create_future = _speedups.method("create_future")
+    create_task = _speedups.method("create_task")
 
     def _check_closed_after_fork(self) -> None:
         # In a forked child the ring is the parent's: an error naming fork,

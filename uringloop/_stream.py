@@ -252,8 +252,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     def get_protocol(self) -> Any:
         return self._protocol
 
-    def is_closing(self) -> bool:
-        return self._closing
+    is_closing = _c_method("is_closing")   # return self._closing, in C
 
     # -- reading ------------------------------------------------------------------
 

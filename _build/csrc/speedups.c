@@ -20,7 +20,10 @@
  *       Proactor.iterate: the ring call of one loop iteration, with its
  *       bookkeeping (see that method).
  *   method("_run_once"), method("call_soon"): Loop's (non-debug) iteration and
- *       call_soon, as method descriptors.
+ *       call_soon, as method descriptors; method("get_debug"),
+ *       method("create_future"), method("create_task"), method("time"),
+ *       method("is_running"), method("is_closing"):
+ *       small methods asyncio's futures, tasks and streams call per step.
  *   RecvHook, ReadableHook, method("write"): the stream transport's receive
  *       (Protocol, BufferedProtocol) and write hot paths (see there).
  *   send(fd, data) -> int
@@ -1201,6 +1204,8 @@ sp_iterate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* loop.time(), without the call when it is BaseEventLoop.time. */
+static PyObject *loop_time_method(PyObject *loop, PyObject *const *args, Py_ssize_t nargs);
+
 static int
 loop_time(PyObject *loop, double *out, int *plain)
 {
@@ -1213,8 +1218,10 @@ loop_time(PyObject *loop, double *out, int *plain)
     PyObject *m = PyObject_GetAttr(loop, str_time);
     if (m == NULL)
         return -1;
-    if (PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == base_time
-            && PyMethod_GET_SELF(m) == loop) {
+    if ((PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == base_time
+            && PyMethod_GET_SELF(m) == loop)
+            || (PyCFunction_Check(m) && PyCFunction_GET_FUNCTION(m) == (PyCFunction)(void (*)(void))loop_time_method
+                && PyCFunction_GET_SELF(m) == loop)) {
         Py_DECREF(m);
         *plain = 1;   /* for the rest of this iteration */
         struct timespec ts;
@@ -1572,6 +1579,186 @@ done:
 }
 
 
+/* ---- Small methods asyncio's C futures and tasks call per step ----------
+ *
+ * _asyncio's Future and Task call loop.get_debug() when created; asyncio's
+ * streams and aiohttp call loop.create_future(), loop.create_task() and
+ * transport.is_closing() per message.  As Python methods each is a frame;
+ * these are the same bodies in C (uvloop's are Cython).  create_future and
+ * create_task look asyncio.futures.Future / asyncio.tasks.Task up per call,
+ * as stock's body does, so a patched module attribute is honoured. */
+
+static PyObject *futures_module, *tasks_module, *base_create_task, *base_create_future;
+static PyObject *base_globals;
+static PyObject *str_future, *str_task, *str_task_factory, *kw_loop, *kw_task;
+static PyObject *str_monotonic, *str_thread_id;
+
+/* get_debug(self) -> self._debug */
+static PyObject *
+loop_get_debug(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "get_debug() takes no arguments");
+        return NULL;
+    }
+    return get_new(loop, &loop_layout, L_DEBUG);
+}
+
+/* create_future(self) -> asyncio.futures.Future(loop=self); in debug mode
+ * BaseEventLoop.create_future itself. */
+static PyObject *
+loop_create_future(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "create_future() takes no arguments");
+        return NULL;
+    }
+    if (futures_module == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_tasks() was not called");
+        return NULL;
+    }
+    int b = is_true(loop, &loop_layout, L_DEBUG);
+    if (b != 0)   /* debug: stock's frame, where the future's source traceback ends */
+        return b < 0 ? NULL : PyObject_CallOneArg(base_create_future, loop);
+    PyObject *cls = PyObject_GetAttr(futures_module, str_future);
+    if (cls == NULL)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(cls, &loop, 0, kw_loop);
+    Py_DECREF(cls);
+    return r;
+}
+
+/* create_task(self, coro, *, name=None, context=None): stock's body when
+ * there is no task factory, the loop is open and not in debug mode (then no
+ * source traceback needs trimming and _set_task_name(task, None) is a no-op);
+ * everything else is BaseEventLoop.create_task itself. */
+static PyObject *
+loop_create_task(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *name = Py_None, *context = Py_None;
+    int slow = nargs != 1 || tasks_module == NULL;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw && !slow; i++) {
+        PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(kw, "name") == 0)
+            name = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(kw, "context") == 0)
+            context = args[nargs + i];
+        else
+            slow = 1;
+    }
+    if (!slow) {
+        const layout_way *lw = layout_of(&loop_layout, Py_TYPE(loop));
+        int b;
+        if ((b = slot_true(loop, &loop_layout, lw, L_DEBUG)) != 0
+                || (b = slot_true(loop, &loop_layout, lw, L_CLOSED)) != 0) {
+            if (b < 0)
+                return NULL;
+            slow = 1;
+        }
+    }
+    if (!slow) {
+        PyObject *factory = PyObject_GetAttr(loop, str_task_factory);
+        if (factory == NULL)
+            return NULL;
+        slow = factory != Py_None;
+        Py_DECREF(factory);
+    }
+    if (slow) {
+        if (base_create_task == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_tasks() was not called");
+            return NULL;
+        }
+        /* BaseEventLoop.create_task(self, *args, **kwargs) */
+        PyObject *small[8], **full = small;
+        size_t n = (size_t)nargs + (size_t)nkw + 1;
+        if (n > sizeof(small) / sizeof(small[0])
+                && (full = PyMem_New(PyObject *, n)) == NULL)
+            return PyErr_NoMemory();
+        full[0] = loop;
+        memcpy(full + 1, args, (n - 1) * sizeof(PyObject *));
+        PyObject *r = PyObject_Vectorcall(base_create_task, full, (size_t)nargs + 1, kwnames);
+        if (full != small)
+            PyMem_Free(full);
+        return r;
+    }
+    PyObject *cls = PyObject_GetAttr(tasks_module, str_task);
+    if (cls == NULL)
+        return NULL;
+    PyObject *targs[4] = {args[0], loop, name, context};
+    PyObject *task = PyObject_Vectorcall(cls, targs, 1, kw_task);
+    Py_DECREF(cls);
+    return task;
+}
+
+/* time(self) -> time.monotonic(), looked up in asyncio.base_events' globals
+ * per call as stock's body does (a test may patch base_events.time). */
+static PyObject *
+loop_time_method(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "time() takes no arguments");
+        return NULL;
+    }
+    if (base_globals == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_tasks() was not called");
+        return NULL;
+    }
+    PyObject *mod = PyDict_GetItemWithError(base_globals, str_time);   /* borrowed */
+    if (mod == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_NameError, "name 'time' is not defined");
+        return NULL;
+    }
+    return PyObject_CallMethodNoArgs(mod, str_monotonic);
+}
+
+/* is_running(self) -> self._thread_id is not None */
+static PyObject *
+loop_is_running(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "is_running() takes no arguments");
+        return NULL;
+    }
+    PyObject *tid = PyObject_GetAttr(loop, str_thread_id);
+    if (tid == NULL)
+        return NULL;
+    int running = tid != Py_None;
+    Py_DECREF(tid);
+    return PyBool_FromLong(running);
+}
+
+/* UringSocketTransport.is_closing(self) -> self._closing */
+static PyObject *
+transport_is_closing(PyObject *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "is_closing() takes no arguments");
+        return NULL;
+    }
+    return get_new(t, &transport_layout, T_CLOSING);
+}
+
+/* configure_tasks(asyncio.futures, asyncio.tasks, BaseEventLoop.create_task,
+ *                 BaseEventLoop.create_future, vars(asyncio.base_events)) */
+static PyObject *
+sp_configure_tasks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyDict_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "configure_tasks() takes 4 objects and a dict");
+        return NULL;
+    }
+    Py_XSETREF(base_create_future, Py_NewRef(args[3]));
+    Py_XSETREF(base_globals, Py_NewRef(args[4]));
+    Py_XSETREF(futures_module, Py_NewRef(args[0]));
+    Py_XSETREF(tasks_module, Py_NewRef(args[1]));
+    Py_XSETREF(base_create_task, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+
 static PyObject *
 sp_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1605,6 +1792,19 @@ static PyMethodDef class_methods[] = {
     {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS,
      "call_soon($self, callback, *args, context=None)\n--\n\n"
      "Arrange for a callback to be called as soon as possible (C; see uringloop._loop.Loop)."},
+    {"get_debug", (PyCFunction)(void (*)(void))loop_get_debug, METH_FASTCALL,
+     "get_debug($self, /)\n--\n\nWhether the loop is in debug mode (C)."},
+    {"create_future", (PyCFunction)(void (*)(void))loop_create_future, METH_FASTCALL,
+     "create_future($self, /)\n--\n\nCreate a Future object attached to the loop (C)."},
+    {"create_task", (PyCFunction)(void (*)(void))loop_create_task, METH_FASTCALL | METH_KEYWORDS,
+     "create_task($self, coro, *, name=None, context=None)\n--\n\n"
+     "Schedule a coroutine object; return a task object (C; see uringloop._loop.Loop)."},
+    {"time", (PyCFunction)(void (*)(void))loop_time_method, METH_FASTCALL,
+     "time($self, /)\n--\n\nThe loop's clock: time.monotonic() (C)."},
+    {"is_running", (PyCFunction)(void (*)(void))loop_is_running, METH_FASTCALL,
+     "is_running($self, /)\n--\n\nWhether the loop is running (C)."},
+    {"is_closing", (PyCFunction)(void (*)(void))transport_is_closing, METH_FASTCALL,
+     "is_closing($self, /)\n--\n\nWhether the transport is closing or closed (C)."},
 };
 
 /* method(name): the named C method as a method descriptor of ``object``: it
@@ -1626,7 +1826,7 @@ sp_method(PyObject *module, PyObject *name)
 
 static PyMethodDef sp_methods[] = {
     {"method", (PyCFunction)sp_method, METH_O,
-     "method(name) -> the C method 'write', '_run_once' or 'call_soon' as a descriptor"},
+     "method(name) -> the named C method (see class_methods) as a descriptor"},
     {"run", (PyCFunction)(void (*)(void))sp_run, METH_FASTCALL,
      "run(ring, ns, must_enter, bufring, recycle) -> bytes | None | int"},
     {"dispatch", (PyCFunction)sp_dispatch, METH_O,
@@ -1640,6 +1840,9 @@ static PyMethodDef sp_methods[] = {
      "ReadableHook(transport, proactor, slow) -> a multishot POLLIN completion handler"},
     {"configure_handles", (PyCFunction)(void (*)(void))sp_configure_handles, METH_FASTCALL,
      "configure_handles(Handle, TimerHandle, handle_error) -> whether the fast path is on"},
+    {"configure_tasks", (PyCFunction)(void (*)(void))sp_configure_tasks, METH_FASTCALL,
+     "configure_tasks(asyncio.futures, asyncio.tasks, BaseEventLoop.create_task, "
+     "BaseEventLoop.create_future, vars(asyncio.base_events))"},
     {"configure", (PyCFunction)(void (*)(void))sp_configure, METH_FASTCALL,
      "configure(base_run_once, base_time, heappop, min_scheduled, min_cancelled_fraction, "
      "max_select_timeout)"},
@@ -1716,6 +1919,8 @@ sp_exec(PyObject *module)
         {&str_data_received, "data_received"}, {&str_fatal_error, "_fatal_error"},
         {&str_write_rest, "_write_rest"},
         {&msg_data_received, "Fatal error: protocol.data_received() call failed."},
+        {&str_future, "Future"}, {&str_task, "Task"}, {&str_task_factory, "_task_factory"},
+        {&str_monotonic, "monotonic"}, {&str_thread_id, "_thread_id"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL
@@ -1726,6 +1931,19 @@ sp_exec(PyObject *module)
         return -1;
     if (minus_one == NULL && (minus_one = PyLong_FromLong(-1)) == NULL)
         return -1;
+    if (kw_loop == NULL) {
+        PyObject *l = PyUnicode_InternFromString("loop");
+        PyObject *n = PyUnicode_InternFromString("name");
+        if (l == NULL || n == NULL || (kw_loop = PyTuple_Pack(1, l)) == NULL
+                || (kw_task = PyTuple_Pack(3, l, n, str_context)) == NULL) {
+            Py_XDECREF(l);
+            Py_XDECREF(n);
+            Py_CLEAR(kw_loop);
+            return -1;
+        }
+        Py_DECREF(l);
+        Py_DECREF(n);
+    }
 
     if (PyModule_AddIntConstant(module, "CQE_SIZE", (long)sizeof(ul_cqe)) < 0)
         return -1;

@@ -347,3 +347,162 @@ def test_unrepresentable_deadline_raises_as_stock(loop: asyncio.AbstractEventLoo
     h.cancel()
     loop.call_soon(fut.set_result, None)
     loop.run_until_complete(fut)
+
+
+# -- get_debug, is_running, time, create_future, create_task (C bodies) --------
+
+
+def test_get_debug_returns_what_set_debug_stored(loop: asyncio.AbstractEventLoop) -> None:
+    initial = loop.get_debug()   # True under PYTHONASYNCIODEBUG=1
+    assert initial in (True, False)
+    loop.set_debug(1)   # stored as given, as stock does
+    assert loop.get_debug() == 1 and type(loop.get_debug()) is int
+    loop.set_debug(False)
+    assert loop.get_debug() is False
+    loop.set_debug(initial)
+
+
+def test_is_running_inside_and_outside(loop: asyncio.AbstractEventLoop) -> None:
+    async def inside() -> bool:
+        return asyncio.get_running_loop().is_running()
+    assert loop.is_running() is False
+    assert loop.run_until_complete(inside()) is True
+    assert loop.is_running() is False
+
+
+def test_time_reads_base_events_clock(loop: asyncio.AbstractEventLoop,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stock's body is ``return time.monotonic()`` in asyncio.base_events.
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return 42.5
+    t0 = loop.time()
+    assert isinstance(t0, float) and t0 > 0
+    monkeypatch.setattr(asyncio.base_events, "time", Clock)
+    assert loop.time() == 42.5
+
+
+def test_create_future_and_patched_future_class(loop: asyncio.AbstractEventLoop,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    fut = loop.create_future()
+    assert type(fut) is asyncio.Future and fut.get_loop() is loop
+    fut.cancel()
+
+    class MyFuture(asyncio.Future):   # type: ignore[type-arg]
+        pass
+    monkeypatch.setattr(asyncio.futures, "Future", MyFuture)
+    fut = loop.create_future()
+    assert type(fut) is MyFuture and fut.get_loop() is loop
+    fut.cancel()
+
+
+def test_debug_future_source_traceback_ends_as_stock(loop: asyncio.AbstractEventLoop) -> None:
+    # In debug mode a future remembers where it was created: for
+    # loop.create_future() that is stock's create_future, on both loops.
+    stock = asyncio.SelectorEventLoop()
+    try:
+        frames = []
+        for lp in (loop, stock):
+            lp.set_debug(True)
+            fut = lp.create_future()
+            frames.append((fut._source_traceback[-1].filename.rsplit("/", 1)[-1],
+                           fut._source_traceback[-1].name))
+            fut.cancel()
+        assert frames[0] == frames[1] == ("base_events.py", "create_future")
+    finally:
+        stock.close()
+
+
+async def _answer(value: Any = 42) -> Any:
+    return value
+
+
+def test_create_task_name_and_context(loop: asyncio.AbstractEventLoop) -> None:
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "task-ctx")
+
+    async def read_var() -> str:
+        return var.get()
+    t1 = loop.create_task(_answer(), name="first")
+    t2 = loop.create_task(read_var(), context=ctx)
+    t3 = loop.create_task(read_var(), name="third", context=ctx)
+    assert type(t1) is asyncio.Task and t1.get_loop() is loop
+    assert t1.get_name() == "first" and t3.get_name() == "third"
+    assert t2.get_name().startswith("Task-")
+    results = loop.run_until_complete(asyncio.gather(t1, t2, t3))
+    assert results == [42, "task-ctx", "task-ctx"]
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+def test_create_task_uses_the_task_factory(loop: asyncio.AbstractEventLoop,
+                                           with_context: bool) -> None:
+    made: list[dict[str, Any]] = []
+
+    def factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        made.append(kw)
+        return asyncio.Task(coro, loop=lp, **kw)
+    loop.set_task_factory(factory)
+    kw = {"context": contextvars.copy_context()} if with_context else {}
+    t = loop.create_task(_answer(7), name="named", **kw)
+    assert loop.run_until_complete(t) == 7
+    assert t.get_name() == "named"
+    assert [sorted(k) for k in made] == [["context"] if with_context else []]
+
+
+def test_create_task_honours_patched_task_class(loop: asyncio.AbstractEventLoop,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    class MyTask(asyncio.tasks._PyTask):   # type: ignore[name-defined, misc]
+        pass
+    monkeypatch.setattr(asyncio.tasks, "Task", MyTask)
+    t = loop.create_task(_answer())
+    assert type(t) is MyTask
+    assert loop.run_until_complete(t) == 42
+
+
+@pytest.mark.parametrize("call", ["no_args", "two_positional", "bogus_keyword", "not_a_coroutine",
+                                  "future", "closed"])
+def test_create_task_errors_read_as_stock(loop_factory: LoopFactory, call: str) -> None:
+    def attempt(lp: asyncio.AbstractEventLoop) -> tuple[str, str]:
+        coro = _answer()
+        try:
+            with pytest.raises((TypeError, RuntimeError)) as info:
+                if call == "no_args":
+                    lp.create_task()  # type: ignore[call-arg]
+                elif call == "two_positional":
+                    lp.create_task(coro, "x")  # type: ignore[call-arg]
+                elif call == "bogus_keyword":
+                    lp.create_task(coro, bogus=1)  # type: ignore[call-arg]
+                elif call == "not_a_coroutine":
+                    lp.create_task(42)  # type: ignore[arg-type]
+                elif call == "future":
+                    lp.create_task(lp.create_future())  # type: ignore[arg-type]
+                else:
+                    lp.close()
+                    lp.create_task(coro)
+            return type(info.value).__name__, str(info.value)
+        finally:
+            coro.close()
+    ours, stock = loop_factory(), asyncio.SelectorEventLoop()
+    try:
+        assert attempt(ours) == attempt(stock)
+    finally:
+        ours.close()
+        stock.close()
+
+
+def test_transport_is_closing(loop: asyncio.AbstractEventLoop) -> None:
+    a, b = socket.socketpair()
+
+    async def main() -> list[bool]:
+        tr, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        seen = [tr.is_closing()]
+        tr.close()
+        seen.append(tr.is_closing())
+        await asyncio.sleep(0)
+        seen.append(tr.is_closing())
+        return seen
+    try:
+        assert loop.run_until_complete(main()) == [False, True, True]
+    finally:
+        b.close()
