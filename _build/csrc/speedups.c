@@ -216,7 +216,7 @@ static PyObject *proactor_names[P_NAMES];
 static layout proactor_layout = {P_NAMES, proactor_names, {{0}}, 0, NULL};
 
 static PyObject *str_recover_harvest, *str_return_dgram_buffers, *str_return_buffers;
-static PyObject *str_check_ret, *str_schedule_dispatch, *str_report, *str_run, *str_popleft;
+static PyObject *str_check_ret, *str_report, *str_run, *str_popleft;
 static PyObject *str_time, *str_compact_timers, *str_append;
 static PyObject *str_callback;   /* interned attribute names */
 static PyObject *str_multishot;
@@ -1031,7 +1031,7 @@ get_new(PyObject *obj, layout *l, int i)
     return v;
 }
 
-/* For dispatch_batch: 0 -> proactor._ops, 1 -> proactor._undispatched. */
+/* For dispatch_pending: 0 -> proactor._ops, 1 -> proactor._undispatched. */
 static PyObject *
 px_get(PyObject *px, int i)
 {
@@ -1906,7 +1906,7 @@ sp_exec(PyObject *module)
         {&str_recover_harvest, "_recover_harvest"},
         {&str_return_dgram_buffers, "_return_dgram_buffers"},
         {&str_return_buffers, "_return_buffers"}, {&str_check_ret, "_check_ret"},
-        {&str_schedule_dispatch, "_schedule_dispatch"}, {&str_report, "_report"},
+        {&str_report, "_report"},
         {&str_run, "_run"}, {&str_popleft, "popleft"}, {&str_time, "time"},
         {&str_compact_timers, "_compact_timers"}, {&str_append, "append"},
         {&str_call_soon_slow, "_call_soon_slow"}, {&str_context, "context"},
