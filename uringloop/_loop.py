@@ -85,9 +85,13 @@ _FORMAT_TAKES_DEBUG = "debug" in inspect.signature(
 #: CPython changes them, Handle.__init__ and Handle._run are used instead).
 HANDLES_IN_C = _speedups.configure_handles(events.Handle, events.TimerHandle, _handle_error)
 _speedups.configure(base_events.BaseEventLoop._run_once, base_events.BaseEventLoop.time,
-                    heapq.heappop, base_events._MIN_SCHEDULED_TIMER_HANDLES,
+                    base_events._MIN_SCHEDULED_TIMER_HANDLES,
                     base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
                     base_events.MAXIMUM_SELECT_TIMEOUT)
+#: Whether TimerHandle has the _when/_scheduled slots call_at and the timer heap
+#: read in C (else BaseEventLoop.call_at/call_later are used).
+TIMERS_IN_C = _speedups.configure_timers(base_events.BaseEventLoop.call_at,
+                                         base_events.BaseEventLoop.call_later)
 _speedups.configure_tasks(futures, tasks, base_events.BaseEventLoop.create_task,
                           base_events.BaseEventLoop.create_future, vars(base_events))
 
@@ -99,12 +103,12 @@ def _after_fork_in_child() -> None:
     # hot path free of any extra check (the ring's own hook reset the rings).
     for loop in list(_live_loops):
         loop._check_closed = loop._check_closed_after_fork  # type: ignore[method-assign]
-        # The lean call_soon() and create_task() below do not call
-        # _check_closed(): stock's do.
+        # The lean call_soon(), create_task(), call_at() and call_later()
+        # below do not call _check_closed(): stock's do.
         loop.call_soon = functools.partial(  # type: ignore[method-assign]
             base_events.BaseEventLoop.call_soon, loop)
-        loop.create_task = functools.partial(  # type: ignore[method-assign]
-            base_events.BaseEventLoop.create_task, loop)
+        for name in ("create_task", "call_at", "call_later"):
+            setattr(loop, name, functools.partial(getattr(base_events.BaseEventLoop, name), loop))
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -215,6 +219,14 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
     # with it.  Debug mode, a closed loop or unexpected arguments go to
     # _call_soon_slow, stock's body.
     call_soon = _speedups.method("call_soon")
+
+    # call_at/call_later: stock's bodies in C outside debug mode (speedups.c,
+    # "Timers"): the TimerHandle built in its slots and pushed on _scheduled
+    # by heapq's moves, comparing two TimerHandles' _when directly instead of
+    # calling TimerHandle.__lt__.  Debug mode, a closed loop, a deadline that
+    # is not a float or int, unexpected arguments: BaseEventLoop's own.
+    call_at = _speedups.method("call_at")
+    call_later = _speedups.method("call_later")
 
     def _call_soon_slow(self, callback: Any, *args: Any, context: Any = None) -> events.Handle:
         # Stock's body, inline: one frame between the caller and _call_soon, as

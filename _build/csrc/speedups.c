@@ -1015,9 +1015,9 @@ static PyObject *handle_names[H_NAMES];
 static layout handle_layout = {H_NAMES, handle_names, {{0}}, 0, NULL};
 
 
-/* Set by configure(): BaseEventLoop._run_once and .time, heapq.heappop,
- * asyncio.base_events' tuning constants. */
-static PyObject *base_run_once, *base_time, *heappop;
+/* Set by configure(): BaseEventLoop._run_once and .time, asyncio.base_events'
+ * tuning constants. */
+static PyObject *base_run_once, *base_time;
 static Py_ssize_t min_scheduled = 100;
 static double min_cancelled_fraction = 0.5, max_select_timeout = 24 * 3600;
 
@@ -1307,6 +1307,36 @@ run_handle(PyObject *h)
     return r == NULL ? -1 : 0;
 }
 
+/* A Handle (or TimerHandle) of class cls, its fields set as Handle.__init__
+ * sets them outside debug mode: callback(*cargs) in context (None: a copy of
+ * the current one).  handle_way must be set. */
+static PyObject *
+new_handle(PyTypeObject *cls, PyObject *loop, PyObject *callback, PyObject *const *cargs,
+           Py_ssize_t ncargs, PyObject *context)
+{
+    PyObject *targs = PyTuple_New(ncargs);
+    PyObject *ctx = context == Py_None ? PyContext_CopyCurrent() : Py_NewRef(context);
+    PyObject *h = (targs && ctx) ? cls->tp_alloc(cls, 0) : NULL;
+    if (h == NULL) {
+        Py_XDECREF(targs);
+        Py_XDECREF(ctx);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < ncargs; i++)
+        PyTuple_SET_ITEM(targs, i, Py_NewRef(cargs[i]));
+    char *base = (char *)h;
+#define HSET(i, v) (*(PyObject **)(base + handle_way->off[i]) = (v))
+    HSET(HD_CONTEXT, ctx);
+    HSET(HD_LOOP, Py_NewRef(loop));
+    HSET(HD_CALLBACK, Py_NewRef(callback));
+    HSET(HD_ARGS, targs);
+    HSET(HD_CANCELLED, Py_NewRef(Py_False));
+    HSET(HD_REPR, Py_NewRef(Py_None));
+    HSET(HD_SOURCE_TRACEBACK, Py_NewRef(Py_None));
+#undef HSET
+    return h;
+}
+
 static PyObject *
 loop_call_soon(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -1348,27 +1378,11 @@ loop_call_soon(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *k
         return NULL;
     if (tmp == NULL)
         tmp = Py_NewRef(ready);
-    PyObject *cargs = PyTuple_New(nargs - 1);
-    PyObject *ctx = context == Py_None ? PyContext_CopyCurrent() : Py_NewRef(context);
-    PyObject *h = (cargs && ctx) ? handle_cls->tp_alloc(handle_cls, 0) : NULL;
+    PyObject *h = new_handle(handle_cls, loop, args[0], args + 1, nargs - 1, context);
     if (h == NULL) {
-        Py_XDECREF(cargs);
-        Py_XDECREF(ctx);
         Py_DECREF(tmp);
         return NULL;
     }
-    for (Py_ssize_t i = 1; i < nargs; i++)
-        PyTuple_SET_ITEM(cargs, i - 1, Py_NewRef(args[i]));
-    char *base = (char *)h;
-#define HSET(i, v) (*(PyObject **)(base + handle_way->off[i]) = (v))
-    HSET(HD_CONTEXT, ctx);
-    HSET(HD_LOOP, Py_NewRef(loop));
-    HSET(HD_CALLBACK, Py_NewRef(args[0]));
-    HSET(HD_ARGS, cargs);
-    HSET(HD_CANCELLED, Py_NewRef(Py_False));
-    HSET(HD_REPR, Py_NewRef(Py_None));
-    HSET(HD_SOURCE_TRACEBACK, Py_NewRef(Py_None));
-#undef HSET
     PyObject *r = PyObject_CallMethodOneArg(ready, str_append, h);
     Py_DECREF(tmp);
     if (r == NULL) {
@@ -1379,6 +1393,287 @@ loop_call_soon(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *k
     return h;
 }
 
+
+/* ---- Timers: call_at, call_later and the heap of loop._scheduled ----------
+ *
+ * Stock pushes a TimerHandle with heapq.heappush and pops expired ones with
+ * heapq.heappop, whose every comparison calls TimerHandle.__lt__, a Python
+ * method (``self._when < other._when``).  These do the same heap moves as
+ * heapq's (so the heap is the one stock would build, ties included), but two
+ * exact TimerHandles are compared by their _when directly.  Anything else --
+ * a subclass, an unset _when -- is compared with ``<`` as heapq would. */
+
+static PyObject *base_call_at, *base_call_later, *str_call_at;
+/* TimerHandle's _when and _scheduled slot offsets; -1: no fast path */
+static Py_ssize_t timer_when_off = -1, timer_sched_off = -1;
+
+static int
+timer_lt(PyObject *a, PyObject *b)
+{
+    if (timer_when_off >= 0 && Py_TYPE(a) == timer_handle_cls
+            && Py_TYPE(b) == timer_handle_cls) {
+        PyObject *wa = *(PyObject **)((char *)a + timer_when_off);
+        PyObject *wb = *(PyObject **)((char *)b + timer_when_off);
+        if (wa != NULL && wb != NULL) {
+            if (PyFloat_CheckExact(wa) && PyFloat_CheckExact(wb))
+                return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
+            return PyObject_RichCompareBool(wa, wb, Py_LT);
+        }
+    }
+    return PyObject_RichCompareBool(a, b, Py_LT);
+}
+
+static int
+heap_changed(void)
+{
+    PyErr_SetString(PyExc_RuntimeError, "list changed size during iteration");
+    return -1;
+}
+
+/* Move heap[pos] towards the root while it is smaller than its parent. */
+static int
+heap_bubble(PyObject *heap, Py_ssize_t root, Py_ssize_t pos)
+{
+    Py_ssize_t size = PyList_GET_SIZE(heap);
+    while (pos > root) {
+        Py_ssize_t up = (pos - 1) >> 1;
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(heap, pos));
+        PyObject *parent = Py_NewRef(PyList_GET_ITEM(heap, up));
+        int lt = timer_lt(item, parent);
+        Py_DECREF(item);
+        Py_DECREF(parent);
+        if (lt < 0)
+            return -1;
+        if (size != PyList_GET_SIZE(heap))
+            return heap_changed();
+        if (!lt)
+            break;
+        item = PyList_GET_ITEM(heap, pos);
+        PyList_SET_ITEM(heap, pos, PyList_GET_ITEM(heap, up));
+        PyList_SET_ITEM(heap, up, item);
+        pos = up;
+    }
+    return 0;
+}
+
+/* heap[pos] was replaced: walk it down along the smaller children to a leaf,
+ * then bubble it back up (heapq's _siftup). */
+static int
+heap_settle(PyObject *heap, Py_ssize_t pos)
+{
+    Py_ssize_t end = PyList_GET_SIZE(heap), root = pos;
+    while (pos < end / 2) {
+        Py_ssize_t child = 2 * pos + 1;
+        if (child + 1 < end) {
+            PyObject *left = Py_NewRef(PyList_GET_ITEM(heap, child));
+            PyObject *right = Py_NewRef(PyList_GET_ITEM(heap, child + 1));
+            int lt = timer_lt(left, right);
+            Py_DECREF(left);
+            Py_DECREF(right);
+            if (lt < 0)
+                return -1;
+            if (end != PyList_GET_SIZE(heap))
+                return heap_changed();
+            if (!lt)
+                child++;
+        }
+        PyObject *item = PyList_GET_ITEM(heap, pos);
+        PyList_SET_ITEM(heap, pos, PyList_GET_ITEM(heap, child));
+        PyList_SET_ITEM(heap, child, item);
+        pos = child;
+    }
+    return heap_bubble(heap, root, pos);
+}
+
+static int
+heap_push(PyObject *heap, PyObject *item)
+{
+    if (PyList_Append(heap, item) < 0)
+        return -1;
+    return heap_bubble(heap, 0, PyList_GET_SIZE(heap) - 1);
+}
+
+/* heapq.heappop(heap) for a list. */
+static PyObject *
+heap_pop(PyObject *heap)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    if (n == 0) {
+        PyErr_SetString(PyExc_IndexError, "index out of range");
+        return NULL;
+    }
+    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
+    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
+        Py_DECREF(last);
+        return NULL;
+    }
+    if (n == 1)
+        return last;
+    PyObject *top = PyList_GET_ITEM(heap, 0);   /* its reference passes to the caller */
+    PyList_SET_ITEM(heap, 0, last);
+    if (heap_settle(heap, 0) < 0) {
+        Py_DECREF(top);
+        return NULL;
+    }
+    return top;
+}
+
+/* func(self, *args, **kwargs) for a vectorcall's arguments. */
+static PyObject *
+call_with_self(PyObject *func, PyObject *self, PyObject *const *args, size_t nargsf,
+               PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t n = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames)) + 1;
+    PyObject *small[8], **full = small;
+    if (n > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))
+            && (full = PyMem_New(PyObject *, n)) == NULL)
+        return PyErr_NoMemory();
+    full[0] = self;
+    memcpy(full + 1, args, (n - 1) * sizeof(PyObject *));
+    PyObject *r = PyObject_Vectorcall(func, full, (size_t)nargs + 1, kwnames);
+    if (full != small)
+        PyMem_Free(full);
+    return r;
+}
+
+/* Whether call_at/call_later may take the fast path: at least two positional
+ * arguments, the first an exact float or int, at most a "context" keyword
+ * (stored in *context), no debug mode, an open loop.  1, 0 or -1 (error). */
+static int
+timer_call_fast(PyObject *loop, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                PyObject **context)
+{
+    *context = Py_None;
+    if (handle_way == NULL || timer_when_off < 0 || nargs < 2
+            || !(PyFloat_CheckExact(args[0]) || PyLong_CheckExact(args[0])))
+        return 0;
+    if (kwnames != NULL) {
+        if (PyTuple_GET_SIZE(kwnames) != 1
+                || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "context"))
+            return 0;
+        *context = args[nargs];
+    }
+    const layout_way *lw = layout_of(&loop_layout, Py_TYPE(loop));
+    int b;
+    if ((b = slot_true(loop, &loop_layout, lw, L_DEBUG)) != 0
+            || (b = slot_true(loop, &loop_layout, lw, L_CLOSED)) != 0)
+        return b < 0 ? -1 : 0;
+    return 1;
+}
+
+/* call_at(self, when, callback, *args, context=None): stock's body outside
+ * debug mode; everything else is BaseEventLoop.call_at. */
+static PyObject *
+loop_call_at(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int fast = timer_call_fast(loop, args, nargs, kwnames, &context);
+    if (fast < 0)
+        return NULL;
+    PyObject *scheduled = NULL;
+    if (fast) {
+        scheduled = get_new(loop, &loop_layout, L_SCHEDULED);
+        if (scheduled == NULL)
+            return NULL;
+        fast = PyList_CheckExact(scheduled);
+    }
+    if (!fast) {
+        Py_XDECREF(scheduled);
+        if (base_call_at == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_timers() was not called");
+            return NULL;
+        }
+        return call_with_self(base_call_at, loop, args, nargsf, kwnames);
+    }
+    PyObject *h = new_handle(timer_handle_cls, loop, args[1], args + 2, nargs - 2, context);
+    if (h == NULL) {
+        Py_DECREF(scheduled);
+        return NULL;
+    }
+    *(PyObject **)((char *)h + timer_when_off) = Py_NewRef(args[0]);
+    *(PyObject **)((char *)h + timer_sched_off) = Py_NewRef(Py_False);
+    if (heap_push(scheduled, h) < 0) {
+        Py_DECREF(scheduled);
+        Py_DECREF(h);
+        return NULL;
+    }
+    Py_DECREF(scheduled);
+    Py_SETREF(*(PyObject **)((char *)h + timer_sched_off), Py_NewRef(Py_True));
+    return h;
+}
+
+/* call_later(self, delay, callback, *args, context=None): stock's body,
+ * ``self.call_at(self.time() + delay, ...)``, outside debug mode. */
+static PyObject *
+loop_call_later(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *context;
+    int fast = timer_call_fast(loop, args, nargs, kwnames, &context);
+    if (fast < 0)
+        return NULL;
+    if (!fast) {
+        if (base_call_later == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_timers() was not called");
+            return NULL;
+        }
+        return call_with_self(base_call_later, loop, args, nargsf, kwnames);
+    }
+    PyObject *now = PyObject_CallMethodNoArgs(loop, str_time);
+    if (now == NULL)
+        return NULL;
+    PyObject *when = PyNumber_Add(now, args[0]);
+    Py_DECREF(now);
+    if (when == NULL)
+        return NULL;
+    Py_ssize_t n = nargs + (kwnames == NULL ? 0 : 1);
+    PyObject *small[8], **full = small;
+    if (n > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))
+            && (full = PyMem_New(PyObject *, n)) == NULL) {
+        Py_DECREF(when);
+        return PyErr_NoMemory();
+    }
+    full[0] = when;
+    memcpy(full + 1, args + 1, (n - 1) * sizeof(PyObject *));
+    PyObject *r;
+    PyObject *m = PyObject_GetAttr(loop, str_call_at);   /* a subclass's call_at is called */
+    if (m == NULL)
+        r = NULL;
+    else if (PyCFunction_Check(m) && PyCFunction_GET_SELF(m) == loop
+             && PyCFunction_GET_FUNCTION(m) == (PyCFunction)(void (*)(void))loop_call_at)
+        r = loop_call_at(loop, full, (size_t)nargs, kwnames);
+    else
+        r = PyObject_Vectorcall(m, full, (size_t)nargs, kwnames);
+    Py_XDECREF(m);
+    Py_DECREF(when);
+    if (full != small)
+        PyMem_Free(full);
+    return r;
+}
+
+/* configure_timers(BaseEventLoop.call_at, BaseEventLoop.call_later): after
+ * configure_handles(). */
+static PyObject *
+sp_configure_timers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "configure_timers() takes 2 arguments");
+        return NULL;
+    }
+    Py_XSETREF(base_call_at, Py_NewRef(args[0]));
+    Py_XSETREF(base_call_later, Py_NewRef(args[1]));
+    timer_when_off = timer_sched_off = -1;
+    if (timer_handle_cls != NULL) {
+        const layout_way *w = layout_of(&handle_layout, timer_handle_cls);
+        if (w->off[H_WHEN] >= 0 && w->off[H_SCHEDULED] >= 0) {
+            timer_when_off = w->off[H_WHEN];
+            timer_sched_off = w->off[H_SCHEDULED];
+        }
+    }
+    return PyBool_FromLong(timer_when_off >= 0);
+}
 
 /* configure_handles(Handle, TimerHandle, handle_error) */
 static PyObject *
@@ -1530,7 +1825,7 @@ loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             if (when >= end_time)   /* (not "<": a NaN deadline runs now) */
                 break;
-            PyObject *h = PyObject_CallOneArg(heappop, scheduled);
+            PyObject *h = heap_pop(scheduled);
             if (h == NULL)
                 goto done;
             if (set_bool(h, &handle_layout, H_SCHEDULED, 0) < 0) {
@@ -1670,18 +1965,7 @@ loop_create_task(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject 
             PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_tasks() was not called");
             return NULL;
         }
-        /* BaseEventLoop.create_task(self, *args, **kwargs) */
-        PyObject *small[8], **full = small;
-        size_t n = (size_t)nargs + (size_t)nkw + 1;
-        if (n > sizeof(small) / sizeof(small[0])
-                && (full = PyMem_New(PyObject *, n)) == NULL)
-            return PyErr_NoMemory();
-        full[0] = loop;
-        memcpy(full + 1, args, (n - 1) * sizeof(PyObject *));
-        PyObject *r = PyObject_Vectorcall(base_create_task, full, (size_t)nargs + 1, kwnames);
-        if (full != small)
-            PyMem_Free(full);
-        return r;
+        return call_with_self(base_create_task, loop, args, nargsf, kwnames);
     }
     PyObject *cls = PyObject_GetAttr(tasks_module, str_task);
     if (cls == NULL)
@@ -1762,18 +2046,17 @@ sp_configure_tasks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 sp_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "configure() takes 6 arguments");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes 5 arguments");
         return NULL;
     }
-    Py_ssize_t ms = PyLong_AsSsize_t(args[3]);
-    double frac = PyFloat_AsDouble(args[4]);
-    double maxt = PyFloat_AsDouble(args[5]);
+    Py_ssize_t ms = PyLong_AsSsize_t(args[2]);
+    double frac = PyFloat_AsDouble(args[3]);
+    double maxt = PyFloat_AsDouble(args[4]);
     if (PyErr_Occurred())
         return NULL;
     Py_XSETREF(base_run_once, Py_NewRef(args[0]));
     Py_XSETREF(base_time, Py_NewRef(args[1]));
-    Py_XSETREF(heappop, Py_NewRef(args[2]));
     min_scheduled = ms;
     min_cancelled_fraction = frac;
     max_select_timeout = maxt;
@@ -1792,6 +2075,12 @@ static PyMethodDef class_methods[] = {
     {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS,
      "call_soon($self, callback, *args, context=None)\n--\n\n"
      "Arrange for a callback to be called as soon as possible (C; see uringloop._loop.Loop)."},
+    {"call_at", (PyCFunction)(void (*)(void))loop_call_at, METH_FASTCALL | METH_KEYWORDS,
+     "call_at($self, when, callback, *args, context=None)\n--\n\n"
+     "Like call_later(), but uses an absolute time (C; see uringloop._loop.Loop)."},
+    {"call_later", (PyCFunction)(void (*)(void))loop_call_later, METH_FASTCALL | METH_KEYWORDS,
+     "call_later($self, delay, callback, *args, context=None)\n--\n\n"
+     "Arrange for a callback to be called at a given time (C; see uringloop._loop.Loop)."},
     {"get_debug", (PyCFunction)(void (*)(void))loop_get_debug, METH_FASTCALL,
      "get_debug($self, /)\n--\n\nWhether the loop is in debug mode (C)."},
     {"create_future", (PyCFunction)(void (*)(void))loop_create_future, METH_FASTCALL,
@@ -1840,11 +2129,14 @@ static PyMethodDef sp_methods[] = {
      "ReadableHook(transport, proactor, slow) -> a multishot POLLIN completion handler"},
     {"configure_handles", (PyCFunction)(void (*)(void))sp_configure_handles, METH_FASTCALL,
      "configure_handles(Handle, TimerHandle, handle_error) -> whether the fast path is on"},
+    {"configure_timers", (PyCFunction)(void (*)(void))sp_configure_timers, METH_FASTCALL,
+     "configure_timers(BaseEventLoop.call_at, BaseEventLoop.call_later) -> whether the "
+     "fast path is on"},
     {"configure_tasks", (PyCFunction)(void (*)(void))sp_configure_tasks, METH_FASTCALL,
      "configure_tasks(asyncio.futures, asyncio.tasks, BaseEventLoop.create_task, "
      "BaseEventLoop.create_future, vars(asyncio.base_events))"},
     {"configure", (PyCFunction)(void (*)(void))sp_configure, METH_FASTCALL,
-     "configure(base_run_once, base_time, heappop, min_scheduled, min_cancelled_fraction, "
+     "configure(base_run_once, base_time, min_scheduled, min_cancelled_fraction, "
      "max_select_timeout)"},
     {"send", (PyCFunction)(void (*)(void))sp_send, METH_FASTCALL,
      "send(fd, data) -> bytes sent (0: would block)"},
@@ -1920,7 +2212,7 @@ sp_exec(PyObject *module)
         {&str_write_rest, "_write_rest"},
         {&msg_data_received, "Fatal error: protocol.data_received() call failed."},
         {&str_future, "Future"}, {&str_task, "Task"}, {&str_task_factory, "_task_factory"},
-        {&str_monotonic, "monotonic"}, {&str_thread_id, "_thread_id"},
+        {&str_monotonic, "monotonic"}, {&str_call_at, "call_at"}, {&str_thread_id, "_thread_id"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (*names[i].slot == NULL

@@ -506,3 +506,126 @@ def test_transport_is_closing(loop: asyncio.AbstractEventLoop) -> None:
         assert loop.run_until_complete(main()) == [False, True, True]
     finally:
         b.close()
+
+
+# -- call_at / call_later and the timer heap (C) ---------------------------------
+
+
+def test_timer_heap_matches_stock(loop: asyncio.AbstractEventLoop) -> None:
+    # The same deadlines on both loops (a fixed clock), many of them equal:
+    # the heap after pushes, cancellations and pops is the one stock builds.
+    stock = asyncio.SelectorEventLoop()
+    try:
+        layouts = []
+        for lp in (loop, stock):
+            lp.time = lambda: 1000.0  # type: ignore[method-assign]
+            layouts.append(_timer_heap_script(lp))
+            del lp.time  # type: ignore[method-assign]
+        assert layouts[0] == layouts[1]
+    finally:
+        stock.close()
+
+
+def _timer_heap_script(lp: asyncio.AbstractEventLoop) -> list[Any]:
+    t0 = lp.time()
+    handles = []
+    for i in range(240):
+        offset = (i * 7919 % 11) * 0.002
+        if i % 2:
+            handles.append(lp.call_at(t0 + offset, print, i))
+        else:
+            handles.append(lp.call_later(offset, print, i))
+    for h in handles[::9]:
+        h.cancel()
+    # the heap after popping a third of it, through the loop's own pops
+    for _ in range(80):
+        h = lp._scheduled[0]  # type: ignore[attr-defined]
+        h.cancel()
+        lp.run_until_complete(asyncio.sleep(0))
+    return [(h._when, h._args, h._cancelled) for h in lp._scheduled]  # type: ignore[attr-defined]
+
+
+def test_timers_fire_in_deadline_then_insertion_order(loop: asyncio.AbstractEventLoop) -> None:
+    stock = asyncio.SelectorEventLoop()
+    try:
+        runs = []
+        for lp in (loop, stock):
+            ran: list[int] = []
+            t0 = lp.time()
+            for i in range(120):
+                lp.call_at(t0 + (i * 31 % 7) * 0.003, ran.append, i)
+            lp.call_at(t0 + 0.1, lp.stop)
+            lp.run_forever()
+            runs.append(ran)
+        assert runs[0] == runs[1] and len(runs[0]) == 120
+    finally:
+        stock.close()
+
+
+def test_call_later_uses_a_subclass_call_at(loop_factory: LoopFactory) -> None:
+    probe = loop_factory()
+    base = type(probe)
+    probe.close()
+    seen: list[float] = []
+
+    class Recording(base):  # type: ignore[valid-type, misc]
+        def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+            seen.append(when)
+            return super().call_at(when, callback, *args, context=context)
+
+    lp = Recording()
+    try:
+        before = lp.time()
+        h = lp.call_later(5, print, "x")
+        assert len(seen) == 1 and before + 5 <= seen[0] <= lp.time() + 5
+        assert h.when() == seen[0]
+        h.cancel()
+    finally:
+        lp.close()
+
+
+def test_timer_context_and_cancel_count(loop: asyncio.AbstractEventLoop) -> None:
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "timer-ctx")
+    got: list[str] = []
+    h1 = loop.call_later(0, lambda: got.append(var.get()), context=ctx)
+    h2 = loop.call_at(loop.time() + 100, print)
+    assert isinstance(h1, asyncio.TimerHandle) and type(h2) is asyncio.TimerHandle
+    assert h2._scheduled is True  # type: ignore[attr-defined]
+    count = loop._timer_cancelled_count  # type: ignore[attr-defined]
+    h2.cancel()
+    assert loop._timer_cancelled_count == count + 1  # type: ignore[attr-defined]
+    _run_briefly(loop)
+    assert got == ["timer-ctx"] and h1.when() <= loop.time()
+
+
+@pytest.mark.parametrize("call", ["at_none", "later_none", "at_str", "later_str", "bogus_kw",
+                                  "no_callback", "closed"])
+def test_timer_errors_read_as_stock(loop_factory: LoopFactory, call: str) -> None:
+    def attempt(lp: asyncio.AbstractEventLoop) -> tuple[str, str]:
+        with pytest.raises(Exception) as info:
+            if call == "at_none":
+                lp.call_at(None, print)  # type: ignore[arg-type]
+                lp.run_until_complete(asyncio.sleep(0))
+            elif call == "later_none":
+                lp.call_later(None, print)  # type: ignore[arg-type]
+                lp.run_until_complete(asyncio.sleep(0))
+            elif call == "at_str":
+                lp.call_at("soon", print)  # type: ignore[arg-type]
+                lp.call_at(1.0, print)
+            elif call == "later_str":
+                lp.call_later("soon", print)  # type: ignore[arg-type]
+            elif call == "bogus_kw":
+                lp.call_later(1, print, bogus=1)  # type: ignore[call-arg]
+            elif call == "no_callback":
+                lp.call_at(1.0)  # type: ignore[call-arg]
+            else:
+                lp.close()
+                lp.call_later(1, print)
+        return type(info.value).__name__, str(info.value)
+    ours, stock = loop_factory(), asyncio.SelectorEventLoop()
+    try:
+        assert attempt(ours) == attempt(stock)
+    finally:
+        ours.close()
+        stock.close()
