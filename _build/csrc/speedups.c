@@ -1220,8 +1220,9 @@ loop_time(PyObject *loop, double *out, int *plain)
         return -1;
     if ((PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == base_time
             && PyMethod_GET_SELF(m) == loop)
-            || (PyCFunction_Check(m) && PyCFunction_GET_FUNCTION(m) == (PyCFunction)(void (*)(void))loop_time_method
-                && PyCFunction_GET_SELF(m) == loop)) {
+            || (PyCFunction_Check(m) && PyCFunction_GET_SELF(m) == loop
+                && PyCFunction_GET_FUNCTION(m)
+                   == (PyCFunction)(void (*)(void))loop_time_method)) {
         Py_DECREF(m);
         *plain = 1;   /* for the rest of this iteration */
         struct timespec ts;
