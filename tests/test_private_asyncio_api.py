@@ -222,6 +222,17 @@ def test_handle_layout_the_accelerator_builds() -> None:
             assert hasattr(stock, name) == hasattr(fast, name), name
         fast.cancel()
         stock.cancel()
+        # The same for the TimerHandles call_at builds (and its timer heap
+        # compares by _when): every slot TimerHandle.__init__ sets.
+        assert _loop.TIMERS_IN_C
+        stock_timer = events.TimerHandle(5.0, print, (1,), loop, None)
+        fast_timer = loop.call_at(5.0, print, 1)
+        for name in (*events.Handle.__slots__, *events.TimerHandle.__slots__):
+            if name == "__weakref__":
+                continue
+            assert hasattr(stock_timer, name) == hasattr(fast_timer, name), name
+        assert fast_timer._scheduled and not stock_timer._scheduled
+        fast_timer.cancel()
     finally:
         loop.close()
 
