@@ -52,6 +52,7 @@ from ._speedups import ReadableHook as _ReadableHook
 from ._speedups import RecvHook as _RecvHook
 from ._speedups import send as _send
 from ._speedups import method as _c_method
+from ._speedups import HOT_SIZE as _HOT_SIZE
 from ._proactor import BUF_COUNT, BUF_SIZE, BUF_GROUP, CallbackOp, Proactor, os_error
 from ._ring import ffi, lib
 
@@ -96,6 +97,13 @@ def _zc_threshold_from_env(default: int) -> int:
 #: the NIC can send from user pages (not measurable here) large sends may gain.
 #: Read when a transport is created.
 ZC_THRESHOLD = _zc_threshold_from_env(0)
+#: A plain Protocol's transport whose multishot receive completes with at least
+#: this many bytes twice in a row switches to reading on readiness into one hot
+#: buffer, and back after a run of readiness events that each read less than
+#: HOT_LEAVE bytes (speedups.c, "Hot reads"; HOT_MIN 0 = never).  Read when
+#: the receive is armed.
+HOT_MIN = 32 * 1024
+HOT_LEAVE = 16 * 1024
 #: Whether write() still tries a plain sock.send() before a zero-copy send.
 #: No: on loopback it is cheaper (the send copies what the kernel would copy
 #: anyway), but where zero-copy pays, a first send() would copy the bulk of
@@ -159,7 +167,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     # "Slot access").  The rest live in the instance dict.
     __slots__ = ("_closing", "_paused", "_stash", "_buffered", "_protocol", "_data_batch",
                  "_eof", "_conn_lost", "_send_op", "_zc_min", "_empty_waiter", "_sock",
-                 "_sock_fd", "__dict__", "__weakref__")
+                 "_sock_fd", "_hot", "__dict__", "__weakref__")
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: Any, waiter: Any = None,
                  extra: dict[str, Any] | None = None, server: Any = None) -> None:
@@ -194,6 +202,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         self._stash_eof = False
         self._drain_scheduled = False
         self._data_batch = -1    # the proactor batch of the last data delivered
+        self._hot = False        # a plain Protocol reading on readiness (see _enter_hot)
         self._multishot = self._proactor.ensure_bufring()
         self._buf_ptrs = self._proactor.buf_ptrs   # stable list objects: cached for
         self._recycle = self._proactor.recycle     # the receive hot path
@@ -269,13 +278,13 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def _arm_recv(self) -> None:
         proactor = self._proactor
-        if self._buffered and proactor.ring.features.poll_multishot:
+        if (self._buffered or self._hot) and proactor.ring.features.poll_multishot:
             # BufferedProtocol: wait for readiness, then recv_into() the
-            # protocol's own buffer (see _on_readable).
-            # The common case (reading into a bytearray or memoryview) in C;
-            # the rest goes to _on_readable / _read_ready.
-            op = CallbackOp(_ReadableHook(self, proactor, self._on_readable), self._sock,
-                            multishot=True)
+            # protocol's own buffer; a "hot" plain Protocol: wait for
+            # readiness, then recv() (see _on_readable and _enter_hot).
+            # The common cases in C; the rest goes to _on_readable / _read_ready.
+            op = CallbackOp(_ReadableHook(self, proactor, self._on_readable, HOT_LEAVE),
+                            self._sock, multishot=True)
             ud = proactor.register(op)
             ret = lib.ul_prep_poll(proactor._ptr, self._sock_fd, _POLLIN, 1, ud)
         elif self._multishot:
@@ -283,8 +292,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
                 callback = self._on_recv
             else:
                 # The data-with-more-to-come case in C; the rest goes to _on_recv.
+                hot_min = HOT_MIN if proactor.ring.features.poll_multishot else 0
                 callback = _RecvHook(self, proactor, proactor.recycle, self._on_recv,
-                                     proactor.buf_base_addr, BUF_SIZE, BUF_COUNT)
+                                     proactor.buf_base_addr, BUF_SIZE, BUF_COUNT, hot_min)
             op = CallbackOp(callback, self._sock, multishot=True)
             ud = proactor.register(op)
             ret = lib.ul_prep_recv_multishot(proactor._ptr, self._sock_fd, BUF_GROUP, 0, ud)
@@ -351,6 +361,26 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._recv_op is None and self._want_read() and not self._stash:
             self._arm_recv()
 
+    def _enter_hot(self) -> None:
+        """Called by the C RecvHook after two completions of HOT_MIN bytes or
+        more in a row: large messages.  Read them on readiness instead, with
+        recv() into one buffer that stays hot in the cache (speedups.c, "Hot
+        reads", has the measurements).  The multishot receive is cancelled;
+        what it already holds is delivered first, and its final completion
+        arms the poll (_on_recv -> _arm_recv).  Nothing is read twice or
+        skipped: the bytes it did not take are still in the socket."""
+        if not self._hot and not self._buffered and self._recv_op is not None:
+            self._hot = True
+            self._stop_reading()
+
+    def _leave_hot(self) -> None:
+        """Called by the C ReadableHook after a run of small readiness events:
+        back to the multishot receive (its final completion re-arms it)."""
+        if self._hot:
+            self._hot = False
+            if not self._buffered:
+                self._stop_reading()
+
     def _on_readable(self, res: int, flags: int) -> None:
         """A multishot POLLIN completion: read into the protocol's buffer.
 
@@ -388,11 +418,30 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         sock = self._sock
         while not (self._paused or self._closing or self._stash):
             if not self._buffered:
-                # set_protocol() switched to a plain Protocol: end the poll;
-                # its final completion re-arms the receive that protocol
-                # gets (nothing has been read, so nothing is stranded).
-                self._stop_reading()
-                break
+                if not self._hot:
+                    # set_protocol() switched to a plain Protocol: end the poll;
+                    # its final completion re-arms the receive that protocol
+                    # gets (nothing has been read, so nothing is stranded).
+                    self._stop_reading()
+                    break
+                # A hot plain Protocol (the C ReadableHook's hot_read).
+                try:
+                    data = sock.recv(_HOT_SIZE)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    break
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal read error on socket transport")
+                    return True
+                if not data:
+                    self._readable_eof()
+                    return True
+                self._data_batch = self._proactor._harvested
+                self._deliver_data(data)
+                if len(data) < _HOT_SIZE and not res & _POLL_END:
+                    break
+                continue
             protocol = self._protocol
             buf = self._get_buffer(protocol, buf)
             if buf is None:
