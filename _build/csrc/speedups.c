@@ -1343,8 +1343,24 @@ sp_iterate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return proactor_iterate(args[0], ns);
 }
 
-/* loop.time(), without the call when it is BaseEventLoop.time. */
-static PyObject *loop_time_method(PyObject *loop, PyObject *const *args, Py_ssize_t nargs);
+/* loop.time(), without the call when it is BaseEventLoop.time or the C time
+ * method AND their clock is the real one: asyncio.base_events' ``time`` is the
+ * time module and its ``monotonic`` the original (a test or a library such as
+ * freezegun may patch either; stock's _run_once then reads the patched clock). */
+static PyObject *loop_time_method(PyObject *loop, PyObject *Py_UNUSED(ignored));
+static PyObject *base_globals, *real_time_module, *real_monotonic, *str_monotonic;
+
+static int
+clock_is_real(void)
+{
+    if (base_globals == NULL || real_time_module == NULL)
+        return 0;
+    PyObject *mod = PyDict_GetItemWithError(base_globals, str_time);   /* borrowed */
+    PyObject *mono = mod != real_time_module ? NULL
+        : PyDict_GetItemWithError(PyModule_GetDict(mod), str_monotonic);
+    PyErr_Clear();   /* (str keys: no error in practice) the method call decides */
+    return mono != NULL && mono == real_monotonic;
+}
 
 static int
 loop_time(PyObject *loop, double *out, int *plain)
@@ -1358,11 +1374,11 @@ loop_time(PyObject *loop, double *out, int *plain)
     PyObject *m = PyObject_GetAttr(loop, str_time);
     if (m == NULL)
         return -1;
-    if ((PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == base_time
-            && PyMethod_GET_SELF(m) == loop)
+    if (((PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == base_time
+                && PyMethod_GET_SELF(m) == loop)
             || (PyCFunction_Check(m) && PyCFunction_GET_SELF(m) == loop
-                && PyCFunction_GET_FUNCTION(m)
-                   == (PyCFunction)(void (*)(void))loop_time_method)) {
+                && PyCFunction_GET_FUNCTION(m) == (PyCFunction)loop_time_method))
+            && clock_is_real()) {
         Py_DECREF(m);
         *plain = 1;   /* for the rest of this iteration */
         struct timespec ts;
@@ -1659,23 +1675,32 @@ heap_pop(PyObject *heap)
     return top;
 }
 
-/* func(self, *args, **kwargs) for a vectorcall's arguments. */
+/* func(first, *args[skip:], **kwargs) for a vectorcall's arguments: ``first``
+ * put before them (skip 0) or in place of the first (skip 1). */
 static PyObject *
-call_with_self(PyObject *func, PyObject *self, PyObject *const *args, size_t nargsf,
-               PyObject *kwnames)
+call_with_first(PyObject *func, PyObject *first, Py_ssize_t skip, PyObject *const *args,
+                size_t nargsf, PyObject *kwnames)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf) - skip;
     Py_ssize_t n = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames)) + 1;
     PyObject *small[8], **full = small;
     if (n > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))
             && (full = PyMem_New(PyObject *, n)) == NULL)
         return PyErr_NoMemory();
-    full[0] = self;
-    memcpy(full + 1, args, (n - 1) * sizeof(PyObject *));
+    full[0] = first;
+    memcpy(full + 1, args + skip, (n - 1) * sizeof(PyObject *));
     PyObject *r = PyObject_Vectorcall(func, full, (size_t)nargs + 1, kwnames);
     if (full != small)
         PyMem_Free(full);
     return r;
+}
+
+/* func(self, *args, **kwargs) for a vectorcall's arguments. */
+static inline PyObject *
+call_with_self(PyObject *func, PyObject *self, PyObject *const *args, size_t nargsf,
+               PyObject *kwnames)
+{
+    return call_with_first(func, self, 0, args, nargsf, kwnames);
 }
 
 /* Whether call_at/call_later may take the fast path: at least two positional
@@ -1769,28 +1794,10 @@ loop_call_later(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject *
     Py_DECREF(now);
     if (when == NULL)
         return NULL;
-    Py_ssize_t n = nargs + (kwnames == NULL ? 0 : 1);
-    PyObject *small[8], **full = small;
-    if (n > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))
-            && (full = PyMem_New(PyObject *, n)) == NULL) {
-        Py_DECREF(when);
-        return PyErr_NoMemory();
-    }
-    full[0] = when;
-    memcpy(full + 1, args + 1, (n - 1) * sizeof(PyObject *));
-    PyObject *r;
     PyObject *m = PyObject_GetAttr(loop, str_call_at);   /* a subclass's call_at is called */
-    if (m == NULL)
-        r = NULL;
-    else if (PyCFunction_Check(m) && PyCFunction_GET_SELF(m) == loop
-             && PyCFunction_GET_FUNCTION(m) == (PyCFunction)(void (*)(void))loop_call_at)
-        r = loop_call_at(loop, full, (size_t)nargs, kwnames);
-    else
-        r = PyObject_Vectorcall(m, full, (size_t)nargs, kwnames);
+    PyObject *r = m == NULL ? NULL : call_with_first(m, when, 1, args, nargsf, kwnames);
     Py_XDECREF(m);
     Py_DECREF(when);
-    if (full != small)
-        PyMem_Free(full);
     return r;
 }
 
@@ -1857,12 +1864,8 @@ run_ready(PyObject *ready, Py_ssize_t n)
 }
 
 static PyObject *
-loop_run_once(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+loop_run_once(PyObject *loop, PyObject *Py_UNUSED(ignored))
 {
-    if (nargs != 0) {
-        PyErr_SetString(PyExc_TypeError, "_run_once() takes no arguments");
-        return NULL;
-    }
     int b = is_true(loop, &loop_layout, L_DEBUG);
     if (b != 0)   /* debug mode: CPython's _run_once, with its slow-callback accounting */
         return b < 0 ? NULL : PyObject_CallOneArg(base_run_once, loop);
@@ -2025,30 +2028,21 @@ done:
  * as stock's body does, so a patched module attribute is honoured. */
 
 static PyObject *futures_module, *tasks_module, *base_create_task, *base_create_future;
-static PyObject *base_globals;
 static PyObject *str_future, *str_task, *str_task_factory, *kw_loop, *kw_task;
-static PyObject *str_monotonic, *str_thread_id;
+static PyObject *str_thread_id;
 
 /* get_debug(self) -> self._debug */
 static PyObject *
-loop_get_debug(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+loop_get_debug(PyObject *loop, PyObject *Py_UNUSED(ignored))
 {
-    if (nargs != 0) {
-        PyErr_SetString(PyExc_TypeError, "get_debug() takes no arguments");
-        return NULL;
-    }
     return get_new(loop, &loop_layout, L_DEBUG);
 }
 
 /* create_future(self) -> asyncio.futures.Future(loop=self); in debug mode
  * BaseEventLoop.create_future itself. */
 static PyObject *
-loop_create_future(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+loop_create_future(PyObject *loop, PyObject *Py_UNUSED(ignored))
 {
-    if (nargs != 0) {
-        PyErr_SetString(PyExc_TypeError, "create_future() takes no arguments");
-        return NULL;
-    }
     if (futures_module == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_tasks() was not called");
         return NULL;
@@ -2120,12 +2114,8 @@ loop_create_task(PyObject *loop, PyObject *const *args, size_t nargsf, PyObject 
 /* time(self) -> time.monotonic(), looked up in asyncio.base_events' globals
  * per call as stock's body does (a test may patch base_events.time). */
 static PyObject *
-loop_time_method(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+loop_time_method(PyObject *loop, PyObject *Py_UNUSED(ignored))
 {
-    if (nargs != 0) {
-        PyErr_SetString(PyExc_TypeError, "time() takes no arguments");
-        return NULL;
-    }
     if (base_globals == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_speedups.configure_tasks() was not called");
         return NULL;
@@ -2141,12 +2131,8 @@ loop_time_method(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
 
 /* is_running(self) -> self._thread_id is not None */
 static PyObject *
-loop_is_running(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
+loop_is_running(PyObject *loop, PyObject *Py_UNUSED(ignored))
 {
-    if (nargs != 0) {
-        PyErr_SetString(PyExc_TypeError, "is_running() takes no arguments");
-        return NULL;
-    }
     PyObject *tid = PyObject_GetAttr(loop, str_thread_id);
     if (tid == NULL)
         return NULL;
@@ -2157,12 +2143,8 @@ loop_is_running(PyObject *loop, PyObject *const *args, Py_ssize_t nargs)
 
 /* UringSocketTransport.is_closing(self) -> self._closing */
 static PyObject *
-transport_is_closing(PyObject *t, PyObject *const *args, Py_ssize_t nargs)
+transport_is_closing(PyObject *t, PyObject *Py_UNUSED(ignored))
 {
-    if (nargs != 0) {
-        PyErr_SetString(PyExc_TypeError, "is_closing() takes no arguments");
-        return NULL;
-    }
     return get_new(t, &transport_layout, T_CLOSING);
 }
 
@@ -2175,6 +2157,14 @@ sp_configure_tasks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "configure_tasks() takes 4 objects and a dict");
         return NULL;
     }
+    PyObject *time_mod = PyImport_ImportModule("time");
+    PyObject *mono = time_mod == NULL ? NULL : PyObject_GetAttr(time_mod, str_monotonic);
+    if (mono == NULL) {
+        Py_XDECREF(time_mod);
+        return NULL;
+    }
+    Py_XSETREF(real_time_module, time_mod);
+    Py_XSETREF(real_monotonic, mono);
     Py_XSETREF(base_create_future, Py_NewRef(args[3]));
     Py_XSETREF(base_globals, Py_NewRef(args[4]));
     Py_XSETREF(futures_module, Py_NewRef(args[0]));
@@ -2210,7 +2200,7 @@ static PyMethodDef class_methods[] = {
     {"write", (PyCFunction)(void (*)(void))transport_write, METH_FASTCALL,
      "write($self, data, /)\n--\n\n"
      "Write bytes to the transport; never blocks (C; see UringSocketTransport)."},
-    {"_run_once", (PyCFunction)(void (*)(void))loop_run_once, METH_FASTCALL,
+    {"_run_once", (PyCFunction)loop_run_once, METH_NOARGS,
      "_run_once($self, /)\n--\n\n"
      "One loop iteration (C; see uringloop._loop.Loop)."},
     {"call_soon", (PyCFunction)(void (*)(void))loop_call_soon, METH_FASTCALL | METH_KEYWORDS,
@@ -2222,18 +2212,18 @@ static PyMethodDef class_methods[] = {
     {"call_later", (PyCFunction)(void (*)(void))loop_call_later, METH_FASTCALL | METH_KEYWORDS,
      "call_later($self, delay, callback, *args, context=None)\n--\n\n"
      "Arrange for a callback to be called at a given time (C; see uringloop._loop.Loop)."},
-    {"get_debug", (PyCFunction)(void (*)(void))loop_get_debug, METH_FASTCALL,
+    {"get_debug", (PyCFunction)loop_get_debug, METH_NOARGS,
      "get_debug($self, /)\n--\n\nWhether the loop is in debug mode (C)."},
-    {"create_future", (PyCFunction)(void (*)(void))loop_create_future, METH_FASTCALL,
+    {"create_future", (PyCFunction)loop_create_future, METH_NOARGS,
      "create_future($self, /)\n--\n\nCreate a Future object attached to the loop (C)."},
     {"create_task", (PyCFunction)(void (*)(void))loop_create_task, METH_FASTCALL | METH_KEYWORDS,
      "create_task($self, coro, *, name=None, context=None)\n--\n\n"
      "Schedule a coroutine object; return a task object (C; see uringloop._loop.Loop)."},
-    {"time", (PyCFunction)(void (*)(void))loop_time_method, METH_FASTCALL,
+    {"time", (PyCFunction)loop_time_method, METH_NOARGS,
      "time($self, /)\n--\n\nThe loop's clock: time.monotonic() (C)."},
-    {"is_running", (PyCFunction)(void (*)(void))loop_is_running, METH_FASTCALL,
+    {"is_running", (PyCFunction)loop_is_running, METH_NOARGS,
      "is_running($self, /)\n--\n\nWhether the loop is running (C)."},
-    {"is_closing", (PyCFunction)(void (*)(void))transport_is_closing, METH_FASTCALL,
+    {"is_closing", (PyCFunction)transport_is_closing, METH_NOARGS,
      "is_closing($self, /)\n--\n\nWhether the transport is closing or closed (C)."},
 };
 

@@ -35,6 +35,16 @@ def loop(loop_factory: LoopFactory) -> Any:
             lp.close()
 
 
+@pytest.fixture
+def stock() -> Any:
+    """A stock asyncio loop beside the one under test: the oracle."""
+    lp = asyncio.SelectorEventLoop()
+    try:
+        yield lp
+    finally:
+        lp.close()
+
+
 def _run_briefly(loop: asyncio.AbstractEventLoop, n: int = 3) -> None:
     for _ in range(n):
         loop.run_until_complete(asyncio.sleep(0))
@@ -65,21 +75,18 @@ def test_call_soon_passes_positional_args(loop: asyncio.AbstractEventLoop) -> No
 
 @pytest.mark.parametrize("call", ["no_args", "bad_keyword", "two_keywords"])
 def test_call_soon_argument_errors_read_as_stock(loop: asyncio.AbstractEventLoop,
-                                                 call: str) -> None:
-    stock = asyncio.SelectorEventLoop()
-    try:
-        def attempt(lp: asyncio.AbstractEventLoop) -> str:
-            with pytest.raises(TypeError) as info:
-                if call == "no_args":
-                    lp.call_soon()  # type: ignore[call-arg]
-                elif call == "bad_keyword":
-                    lp.call_soon(print, bogus=1)  # type: ignore[call-arg]
-                else:
-                    lp.call_soon(print, context=None, bogus=1)  # type: ignore[call-arg]
-            return str(info.value)
-        assert attempt(loop) == attempt(stock)
-    finally:
-        stock.close()
+                                                 call: str,
+                                                 stock: asyncio.AbstractEventLoop) -> None:
+    def attempt(lp: asyncio.AbstractEventLoop) -> str:
+        with pytest.raises(TypeError) as info:
+            if call == "no_args":
+                lp.call_soon()  # type: ignore[call-arg]
+            elif call == "bad_keyword":
+                lp.call_soon(print, bogus=1)  # type: ignore[call-arg]
+            else:
+                lp.call_soon(print, context=None, bogus=1)  # type: ignore[call-arg]
+        return str(info.value)
+    assert attempt(loop) == attempt(stock)
 
 
 def test_call_soon_on_closed_loop_raises(loop_factory: LoopFactory) -> None:
@@ -383,6 +390,30 @@ def test_time_reads_base_events_clock(loop: asyncio.AbstractEventLoop,
     assert loop.time() == 42.5
 
 
+@pytest.mark.parametrize("where", ["base_events.time", "time.monotonic"])
+def test_patched_clock_drives_the_timers(loop: asyncio.AbstractEventLoop,
+                                         monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    # What freezegun-style clocks do: stock's _run_once reads self.time(), so
+    # a timer fires when the patched clock passes its deadline.
+    import time as time_module
+    now = [time_module.monotonic()]
+    fake = lambda: now[0]  # noqa: E731
+
+    class Clock:
+        monotonic = staticmethod(fake)
+    if where == "base_events.time":
+        monkeypatch.setattr(asyncio.base_events, "time", Clock)
+    else:
+        monkeypatch.setattr(time_module, "monotonic", fake)
+    fired: list[str] = []
+    loop.call_later(1000, fired.append, "far")
+    _run_briefly(loop)
+    assert fired == []
+    now[0] += 2000
+    _run_briefly(loop)
+    assert fired == ["far"]
+
+
 def test_create_future_and_patched_future_class(loop: asyncio.AbstractEventLoop,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     fut = loop.create_future()
@@ -397,21 +428,18 @@ def test_create_future_and_patched_future_class(loop: asyncio.AbstractEventLoop,
     fut.cancel()
 
 
-def test_debug_future_source_traceback_ends_as_stock(loop: asyncio.AbstractEventLoop) -> None:
+def test_debug_future_source_traceback_ends_as_stock(loop: asyncio.AbstractEventLoop,
+                                                     stock: asyncio.AbstractEventLoop) -> None:
     # In debug mode a future remembers where it was created: for
     # loop.create_future() that is stock's create_future, on both loops.
-    stock = asyncio.SelectorEventLoop()
-    try:
-        frames = []
-        for lp in (loop, stock):
-            lp.set_debug(True)
-            fut = lp.create_future()
-            frames.append((fut._source_traceback[-1].filename.rsplit("/", 1)[-1],
-                           fut._source_traceback[-1].name))
-            fut.cancel()
-        assert frames[0] == frames[1] == ("base_events.py", "create_future")
-    finally:
-        stock.close()
+    frames = []
+    for lp in (loop, stock):
+        lp.set_debug(True)
+        fut = lp.create_future()
+        frames.append((fut._source_traceback[-1].filename.rsplit("/", 1)[-1],
+                       fut._source_traceback[-1].name))
+        fut.cancel()
+    assert frames[0] == frames[1] == ("base_events.py", "create_future")
 
 
 async def _answer(value: Any = 42) -> Any:
@@ -511,19 +539,16 @@ def test_transport_is_closing(loop: asyncio.AbstractEventLoop) -> None:
 # -- call_at / call_later and the timer heap (C) ---------------------------------
 
 
-def test_timer_heap_matches_stock(loop: asyncio.AbstractEventLoop) -> None:
+def test_timer_heap_matches_stock(loop: asyncio.AbstractEventLoop,
+                                  stock: asyncio.AbstractEventLoop) -> None:
     # The same deadlines on both loops (a fixed clock), many of them equal:
     # the heap after pushes, cancellations and pops is the one stock builds.
-    stock = asyncio.SelectorEventLoop()
-    try:
-        layouts = []
-        for lp in (loop, stock):
-            lp.time = lambda: 1000.0  # type: ignore[method-assign]
-            layouts.append(_timer_heap_script(lp))
-            del lp.time  # type: ignore[method-assign]
-        assert layouts[0] == layouts[1]
-    finally:
-        stock.close()
+    layouts = []
+    for lp in (loop, stock):
+        lp.time = lambda: 1000.0  # type: ignore[method-assign]
+        layouts.append(_timer_heap_script(lp))
+        del lp.time  # type: ignore[method-assign]
+    assert layouts[0] == layouts[1]
 
 
 def _timer_heap_script(lp: asyncio.AbstractEventLoop) -> list[Any]:
@@ -545,21 +570,18 @@ def _timer_heap_script(lp: asyncio.AbstractEventLoop) -> list[Any]:
     return [(h._when, h._args, h._cancelled) for h in lp._scheduled]  # type: ignore[attr-defined]
 
 
-def test_timers_fire_in_deadline_then_insertion_order(loop: asyncio.AbstractEventLoop) -> None:
-    stock = asyncio.SelectorEventLoop()
-    try:
-        runs = []
-        for lp in (loop, stock):
-            ran: list[int] = []
-            t0 = lp.time()
-            for i in range(120):
-                lp.call_at(t0 + (i * 31 % 7) * 0.003, ran.append, i)
-            lp.call_at(t0 + 0.1, lp.stop)
-            lp.run_forever()
-            runs.append(ran)
-        assert runs[0] == runs[1] and len(runs[0]) == 120
-    finally:
-        stock.close()
+def test_timers_fire_in_deadline_then_insertion_order(loop: asyncio.AbstractEventLoop,
+                                                      stock: asyncio.AbstractEventLoop) -> None:
+    runs = []
+    for lp in (loop, stock):
+        ran: list[int] = []
+        t0 = lp.time()
+        for i in range(120):
+            lp.call_at(t0 + (i * 31 % 7) * 0.003, ran.append, i)
+        lp.call_at(t0 + 0.1, lp.stop)
+        lp.run_forever()
+        runs.append(ran)
+    assert runs[0] == runs[1] and len(runs[0]) == 120
 
 
 def test_call_later_uses_a_subclass_call_at(loop_factory: LoopFactory) -> None:
