@@ -256,6 +256,7 @@ class Proactor:
         self.buf_ptrs: list[Any] = []
         self.buf_base_addr = 0
         self._spare_bufs: list[int] = []   # stream buffers not yet given to the kernel
+        self._grown_at = -1                # the batch (_harvested) of the last growth
         self.recycle: list[int] = []
         # The same for datagram receives (group DGRAM_BUF_GROUP), created on first use.
         self.dgram_bufring: Any = None
@@ -290,7 +291,13 @@ class Proactor:
 
     def grow_bufring(self) -> None:
         """A receive found the stream buffer ring empty: double its window
-        (the new buffers reach the kernel with the next iteration's call)."""
+        (the new buffers reach the kernel with the next iteration's call).
+        Once per batch of completions: the many receives one dry ring fails
+        in the same batch ask for the same doubling (growing per completion
+        overshot to the whole pool at 100 connections)."""
+        if self._grown_at == self._harvested:
+            return
+        self._grown_at = self._harvested
         spare = self._spare_bufs
         if spare:
             n = min(len(spare), BUF_COUNT - len(spare))   # as many as are in use

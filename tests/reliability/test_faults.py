@@ -239,6 +239,28 @@ def test_buffer_window_grows_when_the_ring_runs_dry() -> None:
     assert window > _proactor.BUF_WINDOW
 
 
+def test_buffer_window_grows_once_per_batch() -> None:
+    """Several receives failing with ENOBUFS in one batch of completions
+    double the window once; the next batch may double it again."""
+    from uringloop import _proactor
+
+    loop = uringloop.Loop()
+    try:
+        proactor = loop._proactor  # type: ignore[attr-defined]
+        assert proactor.ensure_bufring()
+        in_ring = lambda: _proactor.BUF_COUNT - len(proactor._spare_bufs)  # noqa: E731
+        assert in_ring() == _proactor.BUF_WINDOW
+        for _ in range(3):
+            proactor.grow_bufring()
+        assert in_ring() == 2 * _proactor.BUF_WINDOW
+        proactor._harvested += 5        # the next batch
+        proactor.grow_bufring()
+        proactor.grow_bufring()
+        assert in_ring() == 4 * _proactor.BUF_WINDOW
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize("ring,counter", [
     ({"sq_entries": 8, "cq_entries": 16}, "cq_overflow_flushes"),
     ({"sq_entries": 4, "cq_entries": 8}, "sq_full_flushes"),
