@@ -289,3 +289,30 @@ def test_hot_min_zero_never_switches(hot_min: int, monkeypatch: pytest.MonkeyPat
     with asyncio.Runner(loop_factory=uringloop.Loop) as runner:
         runner.run(_bulk_protocol_echo())
     assert (switches["enter"] > 0) is bool(hot_min), switches
+
+
+@pytest.mark.asyncio
+async def test_aiohttp_keepalive_alternating_large_and_small(switches: dict[str, int]) -> None:
+    """One keep-alive connection, large uploads and small requests in turn:
+    aiohttp's server and client transports go hot and back every round."""
+    pytest.importorskip("aiohttp", reason="aiohttp is not installed (test extra)")
+    import aiohttp
+    import test_aiohttp
+
+    runner, base = await test_aiohttp._serve(set())
+    try:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for i in range(12):
+                body = pattern(300_000 + 1000 * i, seed=i)
+                async with session.post(f"{base}/echo", data=body) as r:
+                    assert await r.read() == body, i
+                for j in range(10):
+                    async with session.get(f"{base}/hello", params={"name": str(j)}) as r:
+                        assert await r.text() == f"hello {j}"
+    finally:
+        await runner.cleanup()
+    if is_uringloop():
+        # both ends of the connection, every round (a margin for a round
+        # whose upload arrives in pieces too small to count)
+        assert switches["enter"] >= 12 and switches["leave"] >= 12, switches
