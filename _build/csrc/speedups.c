@@ -583,6 +583,20 @@ hook_args(PyObject *const *args, size_t nargsf, PyObject *kwnames,
     return 0;
 }
 
+/* transport._data_batch = proactor._harvested: the transport delivered data in
+ * this batch of completions (see _kernel_eof).  0, or -1 with an error set. */
+static int
+mark_data_batch(StreamHook *self, PyObject *t, const layout_way *way)
+{
+    PyObject *tmp;
+    PyObject *batch = slot_get(self->proactor, &proactor_layout,
+                               layout_of(&proactor_layout, Py_TYPE(self->proactor)),
+                               P_HARVESTED, &tmp);
+    int rc = batch == NULL ? -1 : slot_set(t, &transport_layout, way, T_DATA_BATCH, batch);
+    Py_XDECREF(tmp);
+    return rc;
+}
+
 static PyObject *
 recvhook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -613,16 +627,9 @@ recvhook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
     Py_DECREF(bid_obj);
     if (rc < 0)
         return NULL;
+    if (mark_data_batch(self, t, way) < 0)
+        return NULL;
     PyObject *tmp;
-    PyObject *batch = slot_get(self->proactor, &proactor_layout,
-                               layout_of(&proactor_layout, Py_TYPE(self->proactor)),
-                               P_HARVESTED, &tmp);
-    if (batch == NULL)
-        return NULL;
-    rc = slot_set(t, L, way, T_DATA_BATCH, batch);
-    Py_XDECREF(tmp);
-    if (rc < 0)
-        return NULL;
     PyObject *protocol = slot_get(t, L, way, T_PROTOCOL, &tmp);
     if (protocol == NULL)
         return NULL;
@@ -841,12 +848,8 @@ hot_read(ReadableHook *self, PyObject *t, const layout_way *way, int fd, ssize_t
     if (data == NULL)
         return -1;
     PyObject *tmp;
-    PyObject *batch = slot_get(self->proactor, &proactor_layout,
-                               layout_of(&proactor_layout, Py_TYPE(self->proactor)),
-                               P_HARVESTED, &tmp);
-    int rc = batch == NULL ? -1 : slot_set(t, L, way, T_DATA_BATCH, batch);
-    Py_XDECREF(tmp);
-    PyObject *protocol = rc < 0 ? NULL : slot_get(t, L, way, T_PROTOCOL, &tmp);
+    PyObject *protocol = mark_data_batch(self, t, way) < 0 ? NULL
+        : slot_get(t, L, way, T_PROTOCOL, &tmp);
     if (protocol == NULL) {
         Py_DECREF(data);
         return -1;
@@ -1002,13 +1005,7 @@ readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
             Py_DECREF(r);
             Py_RETURN_NONE;
         }
-        PyObject *btmp;
-        PyObject *batch = slot_get(self->proactor, &proactor_layout,
-                                   layout_of(&proactor_layout, Py_TYPE(self->proactor)),
-                                   P_HARVESTED, &btmp);
-        int rc = batch == NULL ? -1 : slot_set(t, L, way, T_DATA_BATCH, batch);
-        Py_XDECREF(btmp);
-        if (rc < 0) {
+        if (mark_data_batch(self, t, way) < 0) {
             Py_DECREF(tmp);
             return NULL;
         }
