@@ -293,7 +293,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
             else:
                 # The data-with-more-to-come case in C; the rest goes to _on_recv.
                 hot_min = HOT_MIN if proactor.ring.features.poll_multishot else 0
-                callback = _RecvHook(self, proactor, proactor.recycle, self._on_recv,
+                callback = _RecvHook(self, proactor, proactor._bufring_addr, self._on_recv,
                                      proactor.buf_base_addr, BUF_SIZE, BUF_COUNT, hot_min)
             op = CallbackOp(callback, self._sock, multishot=True)
             ud = proactor.register(op)

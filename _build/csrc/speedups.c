@@ -119,7 +119,9 @@ typedef struct {
 
 static const layout_way *layout_fill(layout *l, PyTypeObject *tp);
 
-static inline const layout_way *
+#define UL_INLINE static inline __attribute__((always_inline))
+
+UL_INLINE const layout_way *
 layout_of(layout *l, PyTypeObject *tp)
 {
     const layout_way *last = l->last;
@@ -160,7 +162,7 @@ layout_fill(layout *l, PyTypeObject *tp)
 /* obj.<names[i]>, borrowed (valid while obj is), or NULL with an error set.
  * ``tmp`` receives a reference to release when the value came from
  * PyObject_GetAttr (else NULL). */
-static inline PyObject *
+UL_INLINE PyObject *
 slot_get(PyObject *obj, const layout *l, const layout_way *way, int i, PyObject **tmp)
 {
     *tmp = NULL;
@@ -174,7 +176,7 @@ slot_get(PyObject *obj, const layout *l, const layout_way *way, int i, PyObject 
 }
 
 /* 1 if obj.<names[i]> is true, 0 if false, -1 on error. */
-static int
+UL_INLINE int
 slot_true(PyObject *obj, const layout *l, const layout_way *way, int i)
 {
     PyObject *tmp;
@@ -186,7 +188,7 @@ slot_true(PyObject *obj, const layout *l, const layout_way *way, int i)
     return t;
 }
 
-static int
+UL_INLINE int
 slot_set(PyObject *obj, const layout *l, const layout_way *way, int i, PyObject *value)
 {
     Py_ssize_t off = way->off[i];
@@ -194,6 +196,8 @@ slot_set(PyObject *obj, const layout *l, const layout_way *way, int i, PyObject 
         return PyObject_SetAttr(obj, l->names[i], value);
     PyObject **p = (PyObject **)((char *)obj + off);
     PyObject *old = *p;
+    if (old == value)
+        return 0;
     *p = Py_NewRef(value);
     Py_XDECREF(old);
     return 0;
@@ -311,8 +315,29 @@ sp_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * cut short (KeyboardInterrupt, SystemExit, an error reporting an error), the
  * CQEs not yet dispatched go back to its front, for the next dispatch. */
 static PyObject *px_get(PyObject *px, int i);
+static PyTypeObject StreamHook_Type;
+static PyObject *hook_run(PyObject *hook, long res, unsigned long flags);
 static PyObject *dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched,
                                PyObject *data);
+
+/* list.pop(0), new reference or NULL.  The last item leaves the list its
+ * storage (PyList_SetSlice would free it, and the next append allocate it
+ * again: every iteration, for _undispatched). */
+static PyObject *
+list_popfront(PyObject *list)
+{
+    PyObject *item = PyList_GET_ITEM(list, 0);
+    if (PyList_GET_SIZE(list) == 1) {
+        Py_SET_SIZE(list, 0);   /* the list's reference is ours now */
+        return item;
+    }
+    Py_INCREF(item);
+    if (PyList_SetSlice(list, 0, 1, NULL) < 0) {
+        Py_DECREF(item);
+        return NULL;
+    }
+    return item;
+}
 
 static PyObject *
 dispatch_pending(PyObject *px)
@@ -326,11 +351,9 @@ dispatch_pending(PyObject *px)
         goto out;
     }
     while (PyList_GET_SIZE(undispatched)) {
-        PyObject *data = Py_NewRef(PyList_GET_ITEM(undispatched, 0));
-        if (PyList_SetSlice(undispatched, 0, 1, NULL) < 0) {
-            Py_DECREF(data);
+        PyObject *data = list_popfront(undispatched);
+        if (data == NULL)
             goto out;
-        }
         if (!PyBytes_CheckExact(data)) {
             Py_DECREF(data);
             PyErr_SetString(PyExc_TypeError, "dispatch(): a batch must be bytes");
@@ -413,27 +436,31 @@ dispatch_cqes(PyObject *px, PyObject *ops, PyObject *undispatched, PyObject *dat
             goto fail_op;
         Py_CLEAR(key);
 
-        PyObject *res = PyLong_FromLong(c.res);
-        PyObject *flags = PyLong_FromUnsignedLong(c.flags);
-        PyObject *ret = NULL;
-        if (res != NULL && flags != NULL) {
-            PyObject *tmp;
-            PyObject *callback = slot_get(op, &op_layout, way, O_CALLBACK, &tmp);
-            if (callback != NULL && tmp == NULL)
-                tmp = Py_NewRef(callback);   /* the callback may reassign op.callback */
-            if (callback == Py_None) {
-                PyObject *margs[3] = {op, res, flags};
-                ret = PyObject_VectorcallMethod(str_complete, margs,
-                                                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            } else if (callback != NULL) {
-                PyObject *cargs[3] = {NULL, res, flags};
-                ret = PyObject_Vectorcall(callback, cargs + 1,
-                                          2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        PyObject *ret = NULL, *tmp;
+        PyObject *callback = slot_get(op, &op_layout, way, O_CALLBACK, &tmp);
+        if (callback != NULL && tmp == NULL)
+            tmp = Py_NewRef(callback);   /* the callback may reassign op.callback */
+        if (callback != NULL && Py_IS_TYPE(callback, &StreamHook_Type)) {
+            /* A stream transport's C hook: called with the fields as they are. */
+            ret = hook_run(callback, c.res, c.flags);
+        } else if (callback != NULL) {
+            PyObject *res = PyLong_FromLong(c.res);
+            PyObject *flags = PyLong_FromUnsignedLong(c.flags);
+            if (res != NULL && flags != NULL) {
+                if (callback == Py_None) {
+                    PyObject *margs[3] = {op, res, flags};
+                    ret = PyObject_VectorcallMethod(str_complete, margs,
+                                                    3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                } else {
+                    PyObject *cargs[3] = {NULL, res, flags};
+                    ret = PyObject_Vectorcall(callback, cargs + 1,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                }
             }
-            Py_XDECREF(tmp);
+            Py_XDECREF(res);
+            Py_XDECREF(flags);
         }
-        Py_XDECREF(res);
-        Py_XDECREF(flags);
+        Py_XDECREF(tmp);
         Py_DECREF(op);
         if (ret != NULL) {
             Py_DECREF(ret);
@@ -516,16 +543,26 @@ sp_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  *
  * The hot case -- a CQE carrying data with more to come, on a transport that
  * is reading (not closing, not paused, nothing stashed) -- is handled here:
- * the buffer id goes on the recycle list, the bytes are copied out of the
- * provided buffer and handed to protocol.data_received().  Every other CQE
- * goes to the transport's Python handler, transport._on_recv(res, flags),
- * which is also the reference for what this does.
+ * the bytes are copied out of the provided buffer, the buffer goes straight
+ * back to the ring and the bytes to protocol.data_received().  Every other
+ * CQE goes to the transport's Python handler, transport._on_recv(res, flags),
+ * which is also the reference for what this does (it hands the buffer back
+ * with the next iteration's ring call instead, the same to the kernel under
+ * DEFER_TASKRUN).  dispatch_cqes() calls the hooks (RecvHook, ReadableHook)
+ * directly with the CQE's fields; Python callers go through tp_vectorcall.
  */
-typedef struct {
+typedef struct StreamHook StreamHook;
+/* A hook's handler with the CQE's fields as C values; ``args`` is the
+ * (res, flags) vector it was called with from Python, or NULL when
+ * dispatch_cqes() called it directly (the slow path then builds them). */
+typedef PyObject *(*hook_run_fn)(StreamHook *self, long res, unsigned long flags,
+                                 PyObject *const *args);
+
+struct StreamHook {
     PyObject_HEAD
     PyObject *transport;
     PyObject *proactor;
-    PyObject *recycle;      /* RecvHook: list of buffer ids to hand back; else NULL */
+    ul_bufring *bufring;    /* RecvHook: the buffers' ring, a buffer goes back at once */
     PyObject *slow;         /* the transport's Python handler */
     const char *base;       /* RecvHook: the provided buffers, base + bid * buf_size */
     Py_ssize_t buf_size;
@@ -535,7 +572,8 @@ typedef struct {
     int streak;             /* RecvHook: large completions in a row; ReadableHook: small
                                readiness events in a row (see "Hot reads" below) */
     vectorcallfunc vectorcall;
-} StreamHook;   /* RecvHook and ReadableHook: one type, two call functions */
+    hook_run_fn run;
+};   /* RecvHook and ReadableHook: one type, two handlers */
 
 typedef StreamHook RecvHook;
 typedef StreamHook ReadableHook;
@@ -583,6 +621,41 @@ hook_args(PyObject *const *args, size_t nargsf, PyObject *kwnames,
     return 0;
 }
 
+/* The transport's Python handler, slow(res, flags). */
+static PyObject *
+hook_slow(StreamHook *self, long res, unsigned long flags, PyObject *const *args)
+{
+    if (args != NULL)
+        return PyObject_Vectorcall(self->slow, args, 2, NULL);
+    PyObject *a[3] = {NULL, PyLong_FromLong(res), PyLong_FromUnsignedLong(flags)};
+    PyObject *r = NULL;
+    if (a[1] != NULL && a[2] != NULL)
+        r = PyObject_Vectorcall(self->slow, a + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(a[1]);
+    Py_XDECREF(a[2]);
+    return r;
+}
+
+/* Called by dispatch_cqes() for a hook's CQE. */
+static PyObject *
+hook_run(PyObject *hook, long res, unsigned long flags)
+{
+    StreamHook *self = (StreamHook *)hook;
+    return self->run(self, res, flags, NULL);
+}
+
+/* Called from Python (tp_vectorcall): the fields out of (res, flags), then run. */
+static PyObject *
+hook_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    StreamHook *self = (StreamHook *)op;
+    long res;
+    unsigned long flags;
+    if (hook_args(args, nargsf, kwnames, &res, &flags) < 0)
+        return NULL;
+    return self->run(self, res, flags, args);
+}
+
 /* transport._data_batch = proactor._harvested: the transport delivered data in
  * this batch of completions (see _kernel_eof).  0, or -1 with an error set. */
 static int
@@ -598,13 +671,8 @@ mark_data_batch(StreamHook *self, PyObject *t, const layout_way *way)
 }
 
 static PyObject *
-recvhook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+recvhook_run(RecvHook *self, long res, unsigned long flags, PyObject *const *args)
 {
-    RecvHook *self = (RecvHook *)op;
-    long res;
-    unsigned long flags;
-    if (hook_args(args, nargsf, kwnames, &res, &flags) < 0)
-        return NULL;
     PyObject *t = self->transport;
     unsigned long bid = flags >> 16;
     if ((flags & (UL_CQE_F_BUFFER | UL_CQE_F_MORE)) != (UL_CQE_F_BUFFER | UL_CQE_F_MORE)
@@ -620,27 +688,22 @@ recvhook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
             return NULL;
         goto slow;
     }
-    PyObject *bid_obj = PyLong_FromUnsignedLong(bid);
-    if (bid_obj == NULL)
-        return NULL;
-    int rc = PyList_Append(self->recycle, bid_obj);   /* back to the kernel next iteration */
-    Py_DECREF(bid_obj);
-    if (rc < 0)
-        return NULL;
-    if (mark_data_batch(self, t, way) < 0)
-        return NULL;
-    PyObject *tmp;
-    PyObject *protocol = slot_get(t, L, way, T_PROTOCOL, &tmp);
-    if (protocol == NULL)
-        return NULL;
-    if (tmp == NULL)
-        tmp = Py_NewRef(protocol);   /* data_received() may set_protocol() */
+    /* Copied out, the buffer goes straight back to the kernel (which, under
+     * DEFER_TASKRUN, fills it no sooner than the next enter). */
     PyObject *data = PyBytes_FromStringAndSize(self->base + bid * (size_t)self->buf_size,
                                                (Py_ssize_t)res);
-    if (data == NULL) {
-        Py_DECREF(tmp);
+    ul_bufring_recycle(self->bufring, (uint16_t)bid);
+    if (data == NULL)
+        return NULL;
+    PyObject *tmp;
+    PyObject *protocol = mark_data_batch(self, t, way) < 0 ? NULL
+        : slot_get(t, L, way, T_PROTOCOL, &tmp);
+    if (protocol == NULL) {
+        Py_DECREF(data);
         return NULL;
     }
+    if (tmp == NULL)
+        tmp = Py_NewRef(protocol);   /* data_received() may set_protocol() */
     PyObject *margs[2] = {protocol, data};
     PyObject *ret = PyObject_VectorcallMethod(str_data_received, margs,
                                               2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -676,13 +739,13 @@ recvhook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwna
     Py_DECREF(ret);
     Py_RETURN_NONE;
 slow:
-    return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+    return hook_slow(self, res, flags, args);
 }
 
 static PyTypeObject StreamHook_Type;
 
 static StreamHook *
-hook_alloc(PyObject *transport, PyObject *proactor, PyObject *slow, vectorcallfunc call)
+hook_alloc(PyObject *transport, PyObject *proactor, PyObject *slow, hook_run_fn run)
 {
     StreamHook *self = PyObject_GC_New(StreamHook, &StreamHook_Type);
     if (self == NULL)
@@ -690,35 +753,37 @@ hook_alloc(PyObject *transport, PyObject *proactor, PyObject *slow, vectorcallfu
     self->transport = Py_NewRef(transport);
     self->proactor = Py_NewRef(proactor);
     self->slow = Py_NewRef(slow);
-    self->recycle = NULL;
+    self->bufring = NULL;
     self->base = NULL;
     self->buf_size = self->nbufs = self->hot_min = 0;
     self->streak = 0;
-    self->vectorcall = call;
+    self->vectorcall = hook_vectorcall;
+    self->run = run;
     PyObject_GC_Track(self);
     return self;
 }
 
-/* RecvHook(transport, proactor, recycle, slow, base, buf_size, nbufs, hot_min) */
+/* RecvHook(transport, proactor, bufring, slow, base, buf_size, nbufs, hot_min):
+ * bufring and base are addresses (the ul_bufring, its buffers). */
 static PyObject *
 sp_recv_hook(PyObject *module, PyObject *args)
 {
-    PyObject *transport, *proactor, *recycle, *slow, *base_obj;
+    PyObject *transport, *proactor, *bufring_obj, *slow, *base_obj;
     Py_ssize_t buf_size, nbufs, hot_min;
-    if (!PyArg_ParseTuple(args, "OOO!OOnnn:RecvHook", &transport, &proactor, &PyList_Type,
-                          &recycle, &slow, &base_obj, &buf_size, &nbufs, &hot_min))
+    if (!PyArg_ParseTuple(args, "OOOOOnnn:RecvHook", &transport, &proactor, &bufring_obj,
+                          &slow, &base_obj, &buf_size, &nbufs, &hot_min))
         return NULL;
-    void *base;
-    if (as_pointer(base_obj, &base) < 0)
+    void *base, *bufring;
+    if (as_pointer(base_obj, &base) < 0 || as_pointer(bufring_obj, &bufring) < 0)
         return NULL;
-    if (base == NULL || buf_size <= 0 || nbufs <= 0 || nbufs > 0x10000) {
+    if (base == NULL || bufring == NULL || buf_size <= 0 || nbufs <= 0 || nbufs > 0x10000) {
         PyErr_SetString(PyExc_ValueError, "RecvHook: bad buffer ring");
         return NULL;
     }
-    StreamHook *self = hook_alloc(transport, proactor, slow, recvhook_call);
+    StreamHook *self = hook_alloc(transport, proactor, slow, recvhook_run);
     if (self == NULL)
         return NULL;
-    self->recycle = Py_NewRef(recycle);
+    self->bufring = bufring;
     self->base = base;
     self->buf_size = buf_size;
     self->nbufs = nbufs;
@@ -731,7 +796,6 @@ hook_traverse(StreamHook *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->transport);
     Py_VISIT(self->proactor);
-    Py_VISIT(self->recycle);
     Py_VISIT(self->slow);
     return 0;
 }
@@ -741,7 +805,6 @@ hook_clear(StreamHook *self)
 {
     Py_CLEAR(self->transport);
     Py_CLEAR(self->proactor);
-    Py_CLEAR(self->recycle);
     Py_CLEAR(self->slow);
     return 0;
 }
@@ -803,12 +866,17 @@ fatal_current(PyObject *t, PyObject *msg)
     return r == NULL ? -1 : 0;
 }
 
+/* transport._read_ready(res, buf); ``args``: see hook_run_fn. */
 static PyObject *
-readable_rest(PyObject *t, PyObject *res_obj, PyObject *buf)
+readable_rest(PyObject *t, long res, PyObject *const *args, PyObject *buf)
 {
+    PyObject *res_obj = args != NULL ? Py_NewRef(args[0]) : PyLong_FromLong(res);
+    if (res_obj == NULL)
+        return NULL;
     PyObject *margs[3] = {t, res_obj, buf};
     PyObject *r = PyObject_VectorcallMethod(str_read_ready, margs,
                                             3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(res_obj);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
@@ -892,15 +960,10 @@ hot_done(ReadableHook *self, PyObject *t, Py_ssize_t total)
 }
 
 static PyObject *
-readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+readablehook_run(ReadableHook *self, long res, unsigned long flags, PyObject *const *args)
 {
-    ReadableHook *self = (ReadableHook *)op;
-    long res;
-    unsigned long flags;
-    if (hook_args(args, nargsf, kwnames, &res, &flags) < 0)
-        return NULL;
     if (res < 0 || !(flags & UL_CQE_F_MORE))
-        return PyObject_Vectorcall(self->slow, args, nargsf, NULL);
+        return hook_slow(self, res, flags, args);
     PyObject *t = self->transport;
     const layout *L = &transport_layout;
     const layout_way *way = layout_of(&transport_layout, Py_TYPE(t));
@@ -910,7 +973,7 @@ readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
         return NULL;
     Py_XDECREF(tmp);
     if (sock == Py_None)
-        return readable_rest(t, args[0], Py_None);
+        return readable_rest(t, res, args, Py_None);
     PyObject *fd_obj = slot_get(t, L, way, T_SOCK_FD, &tmp);
     if (fd_obj == NULL)
         return NULL;
@@ -925,13 +988,13 @@ readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
                 || (b = slot_true(t, L, way, T_STASH)) != 0) {
             if (b < 0)
                 return NULL;
-            return readable_rest(t, args[0], Py_None);   /* it decides: stop or go on */
+            return readable_rest(t, res, args, Py_None);   /* it decides: stop or go on */
         }
         if ((b = slot_true(t, L, way, T_BUFFERED)) != 1) {
             if (b < 0 || (b = slot_true(t, L, way, T_HOT)) < 0)
                 return NULL;
             if (!b)   /* a plain Protocol set by set_protocol(): it re-arms the receive */
-                return readable_rest(t, args[0], Py_None);
+                return readable_rest(t, res, args, Py_None);
             ssize_t n = 0;
             int rc = hot_read(self, t, way, fd, &n);
             if (rc < 0)
@@ -961,7 +1024,7 @@ readablehook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *
                 || PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
             PyErr_Clear();
             Py_DECREF(tmp);
-            PyObject *r = readable_rest(t, args[0], buf);   /* its checks, its errors */
+            PyObject *r = readable_rest(t, res, args, buf);   /* its checks, its errors */
             Py_DECREF(buf);
             return r;
         }
@@ -1035,7 +1098,7 @@ sp_readable_hook(PyObject *module, PyObject *args)
     Py_ssize_t hot_leave;
     if (!PyArg_ParseTuple(args, "OOOn:ReadableHook", &transport, &proactor, &slow, &hot_leave))
         return NULL;
-    StreamHook *self = hook_alloc(transport, proactor, slow, readablehook_call);
+    StreamHook *self = hook_alloc(transport, proactor, slow, readablehook_run);
     if (self != NULL)
         self->hot_min = hot_leave;
     return (PyObject *)self;
@@ -1158,7 +1221,7 @@ static PyObject *base_run_once, *base_time;
 static Py_ssize_t min_scheduled = 100;
 static double min_cancelled_fraction = 0.5, max_select_timeout = 24 * 3600;
 
-static PyObject *
+UL_INLINE PyObject *
 get_new(PyObject *obj, layout *l, int i)
 {
     PyObject *tmp;
@@ -1175,13 +1238,13 @@ px_get(PyObject *px, int i)
     return get_new(px, &px_layout, i == 0 ? X_OPS : X_UNDISPATCHED);
 }
 
-static int
+UL_INLINE int
 set_bool(PyObject *obj, layout *l, int i, int value)
 {
     return slot_set(obj, l, layout_of(l, Py_TYPE(obj)), i, value ? Py_True : Py_False);
 }
 
-static int
+UL_INLINE int
 is_true(PyObject *obj, layout *l, int i)
 {
     return slot_true(obj, l, layout_of(l, Py_TYPE(obj)), i);
@@ -1293,10 +1356,13 @@ proactor_iterate(PyObject *px, long long ns)
     }
     /* bytes: count them as harvested, then keep them until dispatched. */
     PyObject *harvested = get_new(px, &px_layout, X_HARVESTED);
-    PyObject *n_obj = PyLong_FromSsize_t(PyBytes_GET_SIZE(got) / (Py_ssize_t)sizeof(ul_cqe));
-    PyObject *total = (harvested && n_obj) ? PyNumber_Add(harvested, n_obj) : NULL;
-    Py_XDECREF(harvested);
-    Py_XDECREF(n_obj);
+    PyObject *total = NULL;
+    if (harvested != NULL) {
+        Py_ssize_t h = PyLong_AsSsize_t(harvested);
+        if (!(h == -1 && PyErr_Occurred()))
+            total = PyLong_FromSsize_t(h + PyBytes_GET_SIZE(got) / (Py_ssize_t)sizeof(ul_cqe));
+        Py_DECREF(harvested);
+    }
     PyObject *undispatched = NULL;
     if (total == NULL
             || slot_set(px, &px_layout, layout_of(&px_layout, Py_TYPE(px)), X_HARVESTED, total) < 0
