@@ -164,10 +164,16 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     # The attributes the C hot paths (_speedups.RecvHook, the C write()) read
     # per message are slots: fixed offsets, read with one load (see speedups.c,
-    # "Slot access").  The rest live in the instance dict.
+    # "Slot access").  So are the rest: the instance dict stays unmade (it is
+    # there for what applications store on a transport), which lets CPython
+    # specialise ``transport.write(...)`` in a protocol (see Loop.__slots__).
     __slots__ = ("_closing", "_paused", "_stash", "_buffered", "_protocol", "_data_batch",
                  "_eof", "_conn_lost", "_send_op", "_zc_min", "_empty_waiter", "_sock",
-                 "_sock_fd", "_hot", "__dict__", "__weakref__")
+                 "_sock_fd", "_hot",
+                 "_buf_ptrs", "_buffer", "_deliver", "_drain_scheduled", "_multishot",
+                 "_proactor", "_protocol_connected", "_rbuf", "_read_eof", "_recv_op",
+                 "_recycle", "_send_data", "_send_off", "_server", "_stash_eof",
+                 "__dict__", "__weakref__")
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: Any, waiter: Any = None,
                  extra: dict[str, Any] | None = None, server: Any = None) -> None:

@@ -175,6 +175,37 @@ slot_get(PyObject *obj, const layout *l, const layout_way *way, int i, PyObject 
     return *tmp = PyObject_GetAttr(obj, l->names[i]);
 }
 
+/* collections.deque (the loop's _ready), set by sp_exec: a deque keeps its
+ * length in ob_size, as a list does. */
+static PyTypeObject *deque_type;
+
+/* bool(v): the values the hot slots hold (bools, None, 0, lists, deques)
+ * without PyObject_IsTrue's call and type dispatch. */
+UL_INLINE int
+truth(PyObject *v)
+{
+    if (v == Py_True)
+        return 1;
+    if (v == Py_False || v == Py_None)
+        return 0;
+    PyTypeObject *tp = Py_TYPE(v);
+    if (tp == &PyList_Type || tp == deque_type)
+        return Py_SIZE(v) != 0;
+    return PyObject_IsTrue(v);
+}
+
+/* len(v), the same way. */
+UL_INLINE Py_ssize_t
+size_of(PyObject *v)
+{
+    PyTypeObject *tp = Py_TYPE(v);
+    if (tp == &PyList_Type || tp == deque_type || tp == &PyBytes_Type)
+        return Py_SIZE(v);
+    if (tp == &PyDict_Type)
+        return PyDict_GET_SIZE(v);
+    return PyObject_Size(v);
+}
+
 /* 1 if obj.<names[i]> is true, 0 if false, -1 on error. */
 UL_INLINE int
 slot_true(PyObject *obj, const layout *l, const layout_way *way, int i)
@@ -183,7 +214,7 @@ slot_true(PyObject *obj, const layout *l, const layout_way *way, int i)
     PyObject *v = slot_get(obj, l, way, i, &tmp);
     if (v == NULL)
         return -1;
-    int t = (v == Py_False || v == Py_None) ? 0 : (v == Py_True ? 1 : PyObject_IsTrue(v));
+    int t = truth(v);
     Py_XDECREF(tmp);
     return t;
 }
@@ -240,36 +271,13 @@ as_pointer(PyObject *obj, void **out)
     return 0;
 }
 
+/* The ring call: ``recycle``'s buffer ids back to ``br`` (in chunks of
+ * RECYCLE_MAX, the last with the submission itself), submit, wait up to ns
+ * (-1: forever; the GIL released only then), harvest.  Returns the CQEs as
+ * bytes, None when there were none, a negative errno as an int, or NULL. */
 static PyObject *
-sp_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+ring_call(ul_ring *r, long long ns, int must_enter, ul_bufring *br, PyObject *recycle)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "run() takes 5 arguments");
-        return NULL;
-    }
-    void *ring_p, *bufring_p;
-    if (as_pointer(args[0], &ring_p) < 0 || as_pointer(args[3], &bufring_p) < 0)
-        return NULL;
-    if (ring_p == NULL) {
-        PyErr_SetString(PyExc_ValueError, "run(): no ring");
-        return NULL;
-    }
-    long long ns = PyLong_AsLongLong(args[1]);
-    if (ns == -1 && PyErr_Occurred())
-        return NULL;
-    int must_enter = PyObject_IsTrue(args[2]);
-    if (must_enter < 0)
-        return NULL;
-    PyObject *recycle = args[4];
-    if (!PyList_CheckExact(recycle)) {
-        PyErr_SetString(PyExc_TypeError, "run(): recycle must be a list");
-        return NULL;
-    }
-    ul_ring *r = ring_p;
-    ul_bufring *br = bufring_p;
-
-    /* Buffer ids to hand back, in chunks of RECYCLE_MAX (the last chunk goes
-     * with the submission itself). */
     uint16_t bids[RECYCLE_MAX];
     unsigned nb = 0;
     Py_ssize_t total = PyList_GET_SIZE(recycle);
@@ -308,6 +316,53 @@ sp_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)ul_ring_cqes(r),
                                      (Py_ssize_t)n * (Py_ssize_t)sizeof(ul_cqe));
+}
+
+/* as_pointer() for the proactor's ring addresses, read every iteration: the
+ * last object seen in each of two places and its pointer are kept (with a
+ * reference, so the object cannot be another one at the same address). */
+static PyObject *ptr_cache_obj[2];
+static void *ptr_cache_val[2];
+
+static int
+cached_pointer(PyObject *obj, int k, void **out)
+{
+    if (obj == ptr_cache_obj[k]) {
+        *out = ptr_cache_val[k];
+        return 0;
+    }
+    if (as_pointer(obj, out) < 0)
+        return -1;
+    Py_XSETREF(ptr_cache_obj[k], Py_NewRef(obj));
+    ptr_cache_val[k] = *out;
+    return 0;
+}
+
+static PyObject *
+sp_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "run() takes 5 arguments");
+        return NULL;
+    }
+    void *ring_p, *bufring_p;
+    if (as_pointer(args[0], &ring_p) < 0 || as_pointer(args[3], &bufring_p) < 0)
+        return NULL;
+    if (ring_p == NULL) {
+        PyErr_SetString(PyExc_ValueError, "run(): no ring");
+        return NULL;
+    }
+    long long ns = PyLong_AsLongLong(args[1]);
+    if (ns == -1 && PyErr_Occurred())
+        return NULL;
+    int must_enter = PyObject_IsTrue(args[2]);
+    if (must_enter < 0)
+        return NULL;
+    if (!PyList_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "run(): recycle must be a list");
+        return NULL;
+    }
+    return ring_call(ring_p, ns, must_enter, bufring_p, args[4]);
 }
 
 /* Proactor.dispatch(): run the completions of every harvested batch, oldest
@@ -1164,7 +1219,7 @@ transport_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&view);
         if (n == -2)
             return NULL;   /* a signal handler raised */
-        if (n == len && PyObject_Length(data) == len)
+        if (n == len && size_of(data) == len)
             Py_RETURN_NONE;
         if (n >= 0) {
             sent_obj = PyLong_FromSsize_t(n);
@@ -1277,7 +1332,7 @@ proactor_iterate(PyObject *px, long long ns)
     if (must_enter_flag) {
         PyObject *ops = get_new(px, &px_layout, X_OPS);
         PyObject *passive = get_new(px, &px_layout, X_PASSIVE);
-        Py_ssize_t nops = ops != NULL ? PyObject_Size(ops) : -1;
+        Py_ssize_t nops = ops != NULL ? size_of(ops) : -1;
         Py_ssize_t npassive = passive != NULL ? PyLong_AsSsize_t(passive) : -1;
         Py_XDECREF(ops);
         Py_XDECREF(passive);
@@ -1325,12 +1380,14 @@ proactor_iterate(PyObject *px, long long ns)
     if (set_bool(px, &px_layout, X_SQ_DIRTY, 0) < 0
             || set_bool(px, &px_layout, X_HARVESTING, 1) < 0)
         goto sleeping_fail;
-    PyObject *ns_obj = PyLong_FromLongLong(ns);
-    if (ns_obj == NULL)
+    void *ring_p, *bufring_p;
+    if (cached_pointer(addr, 0, &ring_p) < 0 || cached_pointer(braddr, 1, &bufring_p) < 0)
         goto sleeping_fail;
-    PyObject *args[5] = {addr, ns_obj, must_enter ? Py_True : Py_False, braddr, recycle};
-    PyObject *got = sp_run(NULL, args, 5);
-    Py_DECREF(ns_obj);
+    if (ring_p == NULL || !PyList_CheckExact(recycle)) {
+        PyErr_SetString(PyExc_ValueError, "iterate(): no ring, or recycle is not a list");
+        goto sleeping_fail;
+    }
+    PyObject *got = ring_call(ring_p, ns, must_enter, bufring_p, recycle);
     if (set_bool(px, &px_layout, X_SLEEPING, 0) < 0) {
         Py_XDECREF(got);
         goto done;
@@ -2009,7 +2066,7 @@ loop_run_once(PyObject *loop, PyObject *Py_UNUSED(ignored))
     batch = proactor_iterate(px, ns);
     if (batch == NULL)
         goto done;
-    Py_ssize_t n_ready = PyObject_Size(ready);
+    Py_ssize_t n_ready = size_of(ready);
     if (n_ready < 0)
         goto done;
     if (PyList_GET_SIZE(scheduled)) {
@@ -2046,7 +2103,7 @@ loop_run_once(PyObject *loop, PyObject *Py_UNUSED(ignored))
             Py_DECREF(r);
         }
     }
-    Py_ssize_t n_timers = PyObject_Size(ready);
+    Py_ssize_t n_timers = size_of(ready);
     if (n_timers < 0)
         goto done;
     n_timers -= n_ready;
@@ -2058,7 +2115,7 @@ loop_run_once(PyObject *loop, PyObject *Py_UNUSED(ignored))
         PyObject *und = get_new(px, &px_layout, X_UNDISPATCHED);
         if (und == NULL)
             goto done;
-        int pending = PyObject_IsTrue(und);
+        int pending = truth(und);
         Py_DECREF(und);
         if (pending < 0)
             goto done;
@@ -2340,6 +2397,20 @@ static PyMethodDef sp_methods[] = {
 static int
 sp_exec(PyObject *module)
 {
+    if (deque_type == NULL) {
+        PyObject *collections = PyImport_ImportModule("collections");
+        if (collections == NULL)
+            return -1;
+        deque_type = (PyTypeObject *)PyObject_GetAttrString(collections, "deque");
+        Py_DECREF(collections);
+        if (deque_type == NULL)
+            return -1;
+        if (!PyType_Check(deque_type)) {
+            Py_CLEAR(deque_type);
+            PyErr_SetString(PyExc_TypeError, "collections.deque is not a type");
+            return -1;
+        }
+    }
     str_callback = PyUnicode_InternFromString("callback");
     str_multishot = PyUnicode_InternFromString("multishot");
     str_complete = PyUnicode_InternFromString("complete");

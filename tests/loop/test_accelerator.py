@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+import uringloop
+
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 var: contextvars.ContextVar[str] = contextvars.ContextVar("accel_var", default="unset")
 GUARD = 30.0
@@ -651,3 +653,52 @@ def test_timer_errors_read_as_stock(loop_factory: LoopFactory, call: str) -> Non
     finally:
         ours.close()
         stock.close()
+
+
+def test_loop_and_transport_keep_every_attribute_in_slots() -> None:
+    """uringloop's loop and stream transport keep their own attributes (and
+    BaseEventLoop's) in __slots__:
+    their instance dicts stay empty (CPython 3.13 specialises ``loop._run_once()``
+    and ``transport.write()`` only while the dict is unmade), and are still there
+    for what an application stores on them."""
+    transports: list[Any] = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            transports.append(transport)
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    async def main() -> None:
+        lp = asyncio.get_running_loop()
+        server = await lp.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        transports.append(writer.transport)
+        for size in (1, 100_000):
+            writer.write(b"x" * size)
+            await writer.drain()
+            assert await reader.readexactly(size) == b"x" * size
+        await lp.run_in_executor(None, int)
+        lp.call_later(0.001, int)
+        await asyncio.sleep(0.01)
+        for t in transports:
+            assert vars(t) == {}, type(t)
+            t.app_note = "kept"    # the dict is still there for applications
+            assert vars(t) == {"app_note": "kept"}
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop = uringloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), GUARD))
+    finally:
+        loop.close()
+    assert len(transports) == 2
+    assert vars(loop) == {}
+    loop.app_note = "kept"  # type: ignore[attr-defined]
+    assert vars(loop) == {"app_note": "kept"}
