@@ -128,6 +128,28 @@ class LoopStatistics:
     buffers_lent: int
 
 
+# On 3.13+ every other attribute BaseEventLoop (3.11-3.13) and Loop set is
+# a slot too, so the instance dict stays unmade (it is still there for what
+# applications store on a loop): 3.13 specialises a method call such as
+# run_forever's ``self._run_once()`` on a class with __slots__ only while its
+# instances have no dict (LOAD_ATTR_METHOD_LAZY_DICT); with the dict made,
+# every such call took the generic lookup (callgrind, 1 KiB echo at one
+# connection: 6.2k -> 5.6k instructions per round trip with the transport's
+# slots below).  3.11 and 3.12 specialise through a dict with the class's
+# shared keys (hence its limit of 29 keys, docs/benchmarks.md): all-slots
+# measured the same on 3.11 and 1.5% more instructions on 3.12, so there
+# the rest stays in the dict.
+_ALL_SLOTS_LOOP: tuple[str, ...] = (
+    # BaseEventLoop's
+    "_asyncgens", "_asyncgens_shutdown_called", "_coroutine_origin_tracking_enabled",
+    "_coroutine_origin_tracking_saved_depth", "_current_handle", "_default_executor",
+    "_exception_handler", "_executor_shutdown_called", "_internal_fds", "_old_agen_hooks",
+    "_selector", "_task_factory", "_thread_id", "slow_callback_duration",
+    # Loop's and its mixins'
+    "_csock", "_self_read", "_transports", "_unix_server_sockets", "_watches",
+) if sys.version_info >= (3, 13) else ()
+
+
 class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoop):
     """An asyncio event loop whose I/O runs on io_uring.
 
@@ -138,21 +160,9 @@ class Loop(SocketMethodsMixin, NetworkMixin, UnixMixin, base_events.BaseEventLoo
 
     # What the C _run_once reads per iteration is in slots (fixed
     # offsets; see speedups.c, "Slot access").  BaseEventLoop sets them.
-    # Every other attribute BaseEventLoop (3.11-3.13) and this class set is a
-    # slot too: the instance dict then stays unmade (it is still there for
-    # what applications store on a loop), and CPython can specialise
-    # ``self._run_once()`` in run_forever's loop, which it cannot once a
-    # class with __slots__ has a dict (3.13: LOAD_ATTR_METHOD_LAZY_DICT).
     __slots__ = ("_ready", "_scheduled", "_stopping", "_timer_cancelled_count",
-                 "_clock_resolution", "_debug", "_proactor", "_signal_handlers", "_closed",
-                 # BaseEventLoop's
-                 "_asyncgens", "_asyncgens_shutdown_called", "_coroutine_origin_tracking_enabled",
-                 "_coroutine_origin_tracking_saved_depth", "_current_handle",
-                 "_default_executor", "_exception_handler", "_executor_shutdown_called",
-                 "_internal_fds", "_old_agen_hooks", "_selector", "_task_factory", "_thread_id",
-                 "slow_callback_duration",
-                 # this class's and its mixins'
-                 "_csock", "_self_read", "_transports", "_unix_server_sockets", "_watches")
+                 "_clock_resolution", "_debug", "_proactor", "_signal_handlers",
+                 "_closed") + _ALL_SLOTS_LOOP
 
     def __init__(self, *, sq_entries: int = _ring.DEFAULT_SQ_ENTRIES,
                  cq_entries: int = _ring.DEFAULT_CQ_ENTRIES,

@@ -44,6 +44,7 @@ import logging
 import select
 import os
 import socket
+import sys
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from typing import Any
 
@@ -149,6 +150,17 @@ def _set_nodelay(sock: socket.socket) -> None:
             pass   # e.g. a socket already shut down: nothing to tune
 
 
+# 3.13+: every attribute of the transport is a slot, so the instance dict
+# stays unmade (it is there for what applications store on a transport) and
+# CPython specialises ``transport.write(...)`` in a protocol; see
+# uringloop._loop._ALL_SLOTS_LOOP for why not on 3.11 and 3.12.
+_ALL_SLOTS_TRANSPORT: tuple[str, ...] = (
+    "_buf_ptrs", "_buffer", "_deliver", "_drain_scheduled", "_multishot", "_proactor",
+    "_protocol_connected", "_rbuf", "_read_eof", "_recv_op", "_recycle", "_send_data",
+    "_send_off", "_server", "_stash_eof",
+) if sys.version_info >= (3, 13) else ()
+
+
 class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     """Transport over a connected stream socket, driven by ring completions.
 
@@ -164,16 +176,10 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     # The attributes the C hot paths (_speedups.RecvHook, the C write()) read
     # per message are slots: fixed offsets, read with one load (see speedups.c,
-    # "Slot access").  So are the rest: the instance dict stays unmade (it is
-    # there for what applications store on a transport), which lets CPython
-    # specialise ``transport.write(...)`` in a protocol (see Loop.__slots__).
+    # "Slot access").  On 3.13+ so are the rest (see _ALL_SLOTS_TRANSPORT).
     __slots__ = ("_closing", "_paused", "_stash", "_buffered", "_protocol", "_data_batch",
                  "_eof", "_conn_lost", "_send_op", "_zc_min", "_empty_waiter", "_sock",
-                 "_sock_fd", "_hot",
-                 "_buf_ptrs", "_buffer", "_deliver", "_drain_scheduled", "_multishot",
-                 "_proactor", "_protocol_connected", "_rbuf", "_read_eof", "_recv_op",
-                 "_recycle", "_send_data", "_send_off", "_server", "_stash_eof",
-                 "__dict__", "__weakref__")
+                 "_sock_fd", "_hot", "__dict__", "__weakref__") + _ALL_SLOTS_TRANSPORT
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: Any, waiter: Any = None,
                  extra: dict[str, Any] | None = None, server: Any = None) -> None:

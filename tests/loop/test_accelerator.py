@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import math
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -655,13 +656,22 @@ def test_timer_errors_read_as_stock(loop_factory: LoopFactory, call: str) -> Non
         stock.close()
 
 
-def test_loop_and_transport_keep_every_attribute_in_slots() -> None:
-    """uringloop's loop and stream transport keep their own attributes (and
-    BaseEventLoop's) in __slots__:
-    their instance dicts stay empty (CPython 3.13 specialises ``loop._run_once()``
-    and ``transport.write()`` only while the dict is unmade), and are still there
-    for what an application stores on them."""
+def test_loop_and_transport_instance_dicts_stay_specialisable() -> None:
+    """The loop's and the stream transport's instance dicts stay as CPython
+    specialises method calls through them (uringloop._loop._ALL_SLOTS_LOOP):
+    on 3.13+ every attribute is a slot and the dict stays empty; before, the
+    dict keeps under 30 keys (the class's shared keys).  Either way the dict
+    is there for what an application stores on them."""
     transports: list[Any] = []
+
+    def check(obj: Any) -> None:
+        attrs = vars(obj)
+        if sys.version_info >= (3, 13):
+            assert attrs == {}, (type(obj), sorted(attrs))
+        else:
+            assert 0 < len(attrs) < 30, (type(obj), sorted(attrs))
+        obj.app_note = "kept"
+        assert vars(obj)["app_note"] == "kept"
 
     class Echo(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
@@ -685,9 +695,7 @@ def test_loop_and_transport_keep_every_attribute_in_slots() -> None:
         lp.call_later(0.001, int)
         await asyncio.sleep(0.01)
         for t in transports:
-            assert vars(t) == {}, type(t)
-            t.app_note = "kept"    # the dict is still there for applications
-            assert vars(t) == {"app_note": "kept"}
+            check(t)
         writer.close()
         await writer.wait_closed()
         server.close()
@@ -699,6 +707,4 @@ def test_loop_and_transport_keep_every_attribute_in_slots() -> None:
     finally:
         loop.close()
     assert len(transports) == 2
-    assert vars(loop) == {}
-    loop.app_note = "kept"  # type: ignore[attr-defined]
-    assert vars(loop) == {"app_note": "kept"}
+    check(loop)
