@@ -457,7 +457,7 @@ class Proactor:
         - before a wait: set ``sleeping`` (read by Loop._write_to_self), then
           look at the ready queue once more -- a callback queued before the
           store is seen here, one queued after it writes to the self-pipe;
-        - one _speedups.run() call: receive buffers back, submit, wait, harvest;
+        - one ring call (ul_run_recycle): receive buffers back, submit, wait, harvest;
           count the CQEs in ``_harvested``, keep them in ``_undispatched``.
         """
         return _iterate(self, ns)

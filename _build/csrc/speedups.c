@@ -8,17 +8,14 @@
  * accelerator").  Policy stays in Python: these functions move bytes and call
  * back, they decide nothing.
  *
- *   run(ring, ns, must_enter, bufring, recycle) -> bytes | None | int
- *       Return the buffer ids in ``recycle`` (a list of ints) to ``bufring``,
- *       submit, wait up to ns (-1: forever), harvest.  The GIL is released
- *       only when the call may sleep (ns != 0).  Returns the harvested CQEs as
- *       bytes (16 per CQE: u64 user_data, i32 res, u32 flags), None when there
- *       were none, or a negative errno.
  *   dispatch(proactor) -> None
  *       Run the completions harvested so far: see Proactor.dispatch.
  *   iterate(proactor, ns) -> bytes | None
- *       Proactor.iterate: the ring call of one loop iteration, with its
- *       bookkeeping (see that method).
+ *       Proactor.iterate: the ring call of one loop iteration (ring_call:
+ *       the receive buffers in proactor.recycle back, submit, wait, harvest;
+ *       the GIL released only when it may sleep), with its bookkeeping (see
+ *       that method).  The CQEs come back as bytes, 16 per CQE: u64
+ *       user_data, i32 res, u32 flags.
  *   method("_run_once"), method("call_soon"): Loop's (non-debug) iteration and
  *       call_soon, as method descriptors; method("get_debug"),
  *       method("create_future"), method("create_task"), method("time"),
@@ -30,9 +27,10 @@
  *       One non-blocking send(2) of a bytes-like object: bytes sent, 0 if the
  *       socket buffer is full; OSError otherwise (EINTR retried, PEP 475).
  *
- * ``ring`` and ``bufring`` are addresses (ints) of the cffi module's
- * ul_ring / ul_bufring (0: none); this module links the same ring.c, which
- * keeps no state of its own outside those structs.
+ * The proactor's ``_addr`` and ``_bufring_addr`` (and RecvHook's bufring) are
+ * addresses (ints) of the cffi module's ul_ring / ul_bufring (0: none); this
+ * module links the same ring.c, which keeps no state of its own outside those
+ * structs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -179,7 +177,7 @@ slot_get(PyObject *obj, const layout *l, const layout_way *way, int i, PyObject 
  * length in ob_size, as a list does. */
 static PyTypeObject *deque_type;
 
-/* bool(v): the values the hot slots hold (bools, None, 0, lists, deques)
+/* bool(v): the values the hot slots hold (bools, None, lists, deques)
  * without PyObject_IsTrue's call and type dispatch. */
 UL_INLINE int
 truth(PyObject *v)
@@ -282,7 +280,7 @@ ring_call(ul_ring *r, long long ns, int must_enter, ul_bufring *br, PyObject *re
     unsigned nb = 0;
     Py_ssize_t total = PyList_GET_SIZE(recycle);
     if (total && br == NULL) {
-        PyErr_SetString(PyExc_ValueError, "run(): buffers to recycle but no buffer ring");
+        PyErr_SetString(PyExc_ValueError, "iterate(): buffers to recycle but no buffer ring");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < total; i++) {
@@ -290,7 +288,7 @@ ring_call(ul_ring *r, long long ns, int must_enter, ul_bufring *br, PyObject *re
         if (bid == -1 && PyErr_Occurred())
             return NULL;
         if (bid < 0 || bid > 0xFFFF) {
-            PyErr_SetString(PyExc_ValueError, "run(): buffer id out of range");
+            PyErr_SetString(PyExc_ValueError, "iterate(): buffer id out of range");
             return NULL;
         }
         if (nb == RECYCLE_MAX) {
@@ -336,33 +334,6 @@ cached_pointer(PyObject *obj, int k, void **out)
     Py_XSETREF(ptr_cache_obj[k], Py_NewRef(obj));
     ptr_cache_val[k] = *out;
     return 0;
-}
-
-static PyObject *
-sp_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "run() takes 5 arguments");
-        return NULL;
-    }
-    void *ring_p, *bufring_p;
-    if (as_pointer(args[0], &ring_p) < 0 || as_pointer(args[3], &bufring_p) < 0)
-        return NULL;
-    if (ring_p == NULL) {
-        PyErr_SetString(PyExc_ValueError, "run(): no ring");
-        return NULL;
-    }
-    long long ns = PyLong_AsLongLong(args[1]);
-    if (ns == -1 && PyErr_Occurred())
-        return NULL;
-    int must_enter = PyObject_IsTrue(args[2]);
-    if (must_enter < 0)
-        return NULL;
-    if (!PyList_CheckExact(args[4])) {
-        PyErr_SetString(PyExc_TypeError, "run(): recycle must be a list");
-        return NULL;
-    }
-    return ring_call(ring_p, ns, must_enter, bufring_p, args[4]);
 }
 
 /* Proactor.dispatch(): run the completions of every harvested batch, oldest
@@ -796,8 +767,6 @@ recvhook_run(RecvHook *self, long res, unsigned long flags, PyObject *const *arg
 slow:
     return hook_slow(self, res, flags, args);
 }
-
-static PyTypeObject StreamHook_Type;
 
 static StreamHook *
 hook_alloc(PyObject *transport, PyObject *proactor, PyObject *slow, hook_run_fn run)
@@ -2367,8 +2336,6 @@ sp_method(PyObject *module, PyObject *name)
 static PyMethodDef sp_methods[] = {
     {"method", (PyCFunction)sp_method, METH_O,
      "method(name) -> the named C method (see class_methods) as a descriptor"},
-    {"run", (PyCFunction)(void (*)(void))sp_run, METH_FASTCALL,
-     "run(ring, ns, must_enter, bufring, recycle) -> bytes | None | int"},
     {"dispatch", (PyCFunction)sp_dispatch, METH_O,
      "dispatch(proactor): run the completions of every harvested batch, oldest first"},
     {"iterate", (PyCFunction)(void (*)(void))sp_iterate, METH_FASTCALL,
