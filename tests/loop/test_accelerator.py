@@ -708,3 +708,44 @@ def test_loop_and_transport_instance_dicts_stay_specialisable() -> None:
         loop.close()
     assert len(transports) == 2
     check(loop)
+
+
+def test_applications_can_store_attributes_on_loop_and_transport(
+        loop_factory: LoopFactory) -> None:
+    """As on stock asyncio, an application may keep its own attributes on the
+    running loop and on a stream transport (uringloop keeps their instance
+    dicts for this, whatever it keeps in slots)."""
+    seen: dict[str, Any] = {}
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            transport.app_conn_id = 7
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            seen["conn_id"] = self.transport.app_conn_id
+            self.transport.write(data)
+
+    async def main() -> None:
+        lp = asyncio.get_running_loop()
+        lp.app_registry = {"name": "demo"}  # type: ignore[attr-defined]
+        server = await lp.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.app_peer = "client"
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        seen["peer"] = writer.transport.app_peer
+        seen["registry"] = lp.app_registry  # type: ignore[attr-defined]
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    loop = loop_factory()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), GUARD))
+        assert seen == {"conn_id": 7, "peer": "client", "registry": {"name": "demo"}}
+        assert vars(loop)["app_registry"] == {"name": "demo"}
+    finally:
+        loop.close()
