@@ -156,7 +156,7 @@ def _set_nodelay(sock: socket.socket) -> None:
 # uringloop._loop._ALL_SLOTS_LOOP for why not on 3.11 and 3.12.
 _ALL_SLOTS_TRANSPORT: tuple[str, ...] = (
     "_buf_ptrs", "_buffer", "_deliver", "_drain_scheduled", "_multishot", "_proactor",
-    "_protocol_connected", "_rbuf", "_read_eof", "_recv_op", "_recycle", "_send_data",
+    "_protocol_connected", "_rbuf", "_recv_op", "_recycle", "_send_data",
     "_send_off", "_server", "_stash_eof",
 ) if sys.version_info >= (3, 13) else ()
 
@@ -179,7 +179,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
     # "Slot access").  On 3.13+ so are the rest (see _ALL_SLOTS_TRANSPORT).
     __slots__ = ("_closing", "_paused", "_stash", "_buffered", "_protocol", "_data_batch",
                  "_eof", "_conn_lost", "_send_op", "_zc_min", "_empty_waiter", "_sock",
-                 "_sock_fd", "_hot", "__dict__", "__weakref__") + _ALL_SLOTS_TRANSPORT
+                 "_sock_fd", "_hot", "_read_eof", "__dict__", "__weakref__") + _ALL_SLOTS_TRANSPORT
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: Any, waiter: Any = None,
                  extra: dict[str, Any] | None = None, server: Any = None) -> None:
@@ -428,7 +428,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport):
         get_buffer() already returned for the first read (the C ReadableHook
         hands over what it does not read itself), or None."""
         sock = self._sock
-        while not (self._paused or self._closing or self._stash):
+        # Not after EOF: a readiness completion harvested with the one whose
+        # read found it would read (and deliver EOF) again.
+        while not (self._paused or self._closing or self._stash or self._read_eof):
             if not self._buffered:
                 if not self._hot:
                     # set_protocol() switched to a plain Protocol: end the poll;

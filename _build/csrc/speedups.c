@@ -235,7 +235,8 @@ slot_set(PyObject *obj, const layout *l, const layout_way *way, int i, PyObject 
 /* The stream transport's hot attributes (uringloop._stream.UringSocketTransport). */
 enum {
     T_CLOSING, T_PAUSED, T_STASH, T_BUFFERED, T_PROTOCOL, T_DATA_BATCH, T_EOF,
-    T_CONN_LOST, T_SEND_OP, T_ZC_MIN, T_EMPTY_WAITER, T_SOCK, T_SOCK_FD, T_HOT, T_NAMES
+    T_CONN_LOST, T_SEND_OP, T_ZC_MIN, T_EMPTY_WAITER, T_SOCK, T_SOCK_FD, T_HOT, T_READ_EOF,
+    T_NAMES
 };
 static PyObject *transport_names[T_NAMES];
 static layout transport_layout = {T_NAMES, transport_names, {{0}}, 0, NULL};
@@ -1008,8 +1009,11 @@ readablehook_run(ReadableHook *self, long res, unsigned long flags, PyObject *co
     Py_ssize_t total = 0;   /* hot reads: the bytes this readiness event gave */
     for (;;) {
         int b;
+        /* (_read_eof: a readiness CQE already harvested when a read found
+         * EOF must not read, and deliver EOF, again.) */
         if ((b = slot_true(t, L, way, T_PAUSED)) != 0 || (b = slot_true(t, L, way, T_CLOSING)) != 0
-                || (b = slot_true(t, L, way, T_STASH)) != 0) {
+                || (b = slot_true(t, L, way, T_STASH)) != 0
+                || (b = slot_true(t, L, way, T_READ_EOF)) != 0) {
             if (b < 0)
                 return NULL;
             return readable_rest(t, res, args, Py_None);   /* it decides: stop or go on */
@@ -2386,6 +2390,7 @@ sp_exec(PyObject *module)
     static const char *const tnames[T_NAMES] = {
         "_closing", "_paused", "_stash", "_buffered", "_protocol", "_data_batch", "_eof",
         "_conn_lost", "_send_op", "_zc_min", "_empty_waiter", "_sock", "_sock_fd", "_hot",
+        "_read_eof",
     };
     for (int i = 0; i < T_NAMES; i++) {
         if (transport_names[i] == NULL

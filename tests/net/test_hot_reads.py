@@ -122,6 +122,44 @@ async def test_bulk_stream_then_eof_while_hot(switches: dict[str, int]) -> None:
         assert switches["enter"] == 1
 
 
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("buffered", [False, True])
+async def test_eof_delivered_once_after_bulk_while_reading_on_readiness(buffered: bool) -> None:
+    """A transport reading on readiness (hot, or a BufferedProtocol) whose read
+    finds EOF may have more readiness completions of the same poll already
+    harvested: they must not read, and deliver EOF, again.  The protocol keeps
+    the transport open after EOF, so a second delivery would show."""
+    loop = asyncio.get_running_loop()
+    data = pattern(512 * 1024, seed=11)
+
+    class Buffered(RecordingProtocol, asyncio.BufferedProtocol):
+        def get_buffer(self, sizehint: int) -> bytearray:
+            self.buf = bytearray(65536)
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.data_received(bytes(self.buf[:nbytes]))
+
+    factory = Buffered if buffered else RecordingProtocol
+
+    async def one() -> None:
+        transport, proto, peer = await test_transport.transport_on(
+            lambda: factory(eof_keep_open=True))
+        with peer:
+            await loop.sock_sendall(peer, data)
+            peer.shutdown(socket.SHUT_WR)
+            await proto.eof
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert bytes(proto.data) == data
+            assert proto.events == ["made", "data", "eof"]
+            transport.close()
+            assert await proto.lost is None
+
+    for _ in range(3):
+        await asyncio.gather(*(one() for _ in range(8)))
+
 class Switcher(asyncio.Protocol):
     """Plain -> BufferedProtocol -> plain, each after ``step`` bytes."""
 
