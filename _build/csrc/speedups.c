@@ -598,6 +598,8 @@ struct StreamHook {
                                ReadableHook: hot reads smaller than this go back */
     int streak;             /* RecvHook: large completions in a row; ReadableHook: small
                                readiness events in a row (see "Hot reads" below) */
+    int keeps;              /* ReadableHook: hot reads left that copy out rather than hand
+                               the spare over (its protocol kept one; see hot_read) */
     vectorcallfunc vectorcall;
     hook_run_fn run;
 };   /* RecvHook and ReadableHook: one type, two handlers */
@@ -617,16 +619,14 @@ static PyObject *str_enter_hot, *str_leave_hot;
  * model of both schemes: 0.80x server CPU at 100 KiB, 0.89x at 64 KiB, 0.95x
  * at 32 KiB, 1.00x at 1-10 KiB -- but 1.09x at 1 KiB x 100 connections,
  * where multishot saves a recv() per message).  So a transport goes "hot"
- * (transport._hot, readiness + recv() into hot_buf) after
+ * (transport._hot, readiness + recv() into one buffer, see hot_read) after
  * UL_HOT_ENTER_STREAK completions of at least hot_min bytes in a row, and
  * back to the multishot receive after UL_HOT_LEAVE_STREAK readiness events
  * in a row that each read less than the ReadableHook's hot_min (both byte
- * thresholds are set from Python: uringloop._stream.HOT_MIN, HOT_LEAVE).  The buffer is only
- * used between a recv() and the copy out of it, with the GIL held. */
+ * thresholds are set from Python: uringloop._stream.HOT_MIN, HOT_LEAVE). */
 #define UL_HOT_SIZE (256 * 1024)   /* as stock's max_size per read */
 #define UL_HOT_ENTER_STREAK 2
 #define UL_HOT_LEAVE_STREAK 8
-static char hot_buf[UL_HOT_SIZE];
 
 #define UL_CQE_F_BUFFER (1U << 0)
 
@@ -781,7 +781,7 @@ hook_alloc(PyObject *transport, PyObject *proactor, PyObject *slow, hook_run_fn 
     self->bufring = NULL;
     self->base = NULL;
     self->buf_size = self->nbufs = self->hot_min = 0;
-    self->streak = 0;
+    self->streak = self->keeps = 0;
     self->vectorcall = hook_vectorcall;
     self->run = run;
     PyObject_GC_Track(self);
@@ -908,17 +908,55 @@ readable_rest(PyObject *t, long res, PyObject *const *args, PyObject *buf)
     Py_RETURN_NONE;
 }
 
-/* One hot read for a plain Protocol (see "Hot reads"): recv() into hot_buf,
- * the bytes copied out and given to protocol.data_received().  Returns 1 (read
- * *got bytes), 2 (nothing to read: EAGAIN), 0 (EOF or a read or protocol error,
- * handled as the transport's Python handles them) or -1 (an exception). */
+/* The hot reads' buffer is the storage of a bytes object, the spare
+ * (refcount 1, UL_HOT_SIZE long, owned here).  A read of UL_HOT_HANDOVER bytes
+ * or more hands the spare itself to data_received(), its length set to what
+ * was read: no copy out (at 100 KiB that copy was ~8% of the server's cycles,
+ * stock's and uvloop's pattern).  If the protocol let go of it (an echo's
+ * write() sent it, a StreamReader copied it into its buffer), it is the spare
+ * again; if it kept it, the next read makes a new spare and this hook copies
+ * out for its next UL_HOT_KEEPS_PAUSE reads, so a protocol that keeps its data
+ * does not hold a 256 KiB allocation per 64 KiB message.  Smaller reads are
+ * copied out into a bytes of their size, as before.  The spare is only written
+ * between a recv() and the copy out or the handover, with the GIL held; a
+ * handed-over object is never written again unless it came back with no other
+ * reference. */
+#define UL_HOT_HANDOVER (64 * 1024)
+#define UL_HOT_KEEPS_PAUSE 64
+static PyObject *hot_spare;
+
+/* A bytes object only we hold, given a new visible length: the terminating
+ * NUL moves with it and its cached hash is forgotten. */
+static void
+own_bytes_set_len(PyObject *b, Py_ssize_t n)
+{
+    Py_SET_SIZE(b, n);
+    PyBytes_AS_STRING(b)[n] = '\0';
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    ((PyBytesObject *)b)->ob_shash = -1;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+}
+
+/* One hot read for a plain Protocol (see "Hot reads"): recv() into the spare,
+ * the bytes (the spare itself, or a copy) given to protocol.data_received().
+ * Returns 1 (read *got bytes), 2 (nothing to read: EAGAIN), 0 (EOF or a read
+ * or protocol error, handled as the transport's Python handles them) or -1
+ * (an exception). */
 static int
 hot_read(ReadableHook *self, PyObject *t, const layout_way *way, int fd, ssize_t *got)
 {
     const layout *L = &transport_layout;
     ssize_t n;
+    if (hot_spare == NULL && (hot_spare = PyBytes_FromStringAndSize(NULL, UL_HOT_SIZE)) == NULL)
+        return -1;
+    char *buf = PyBytes_AS_STRING(hot_spare);
     for (;;) {
-        n = recv(fd, hot_buf, UL_HOT_SIZE, MSG_DONTWAIT);
+        n = recv(fd, buf, UL_HOT_SIZE, MSG_DONTWAIT);
         if (n >= 0 || errno != EINTR)
             break;
         if (PyErr_CheckSignals() < 0)
@@ -937,23 +975,48 @@ hot_read(ReadableHook *self, PyObject *t, const layout_way *way, int fd, ssize_t
         Py_DECREF(r);
         return 0;
     }
-    PyObject *data = PyBytes_FromStringAndSize(hot_buf, (Py_ssize_t)n);
-    if (data == NULL)
-        return -1;
+    PyObject *data;
+    int handed = 0;
+    if (n >= UL_HOT_HANDOVER && self->keeps == 0) {
+        data = hot_spare;          /* our reference goes with it */
+        hot_spare = NULL;
+        if (n < UL_HOT_SIZE)
+            own_bytes_set_len(data, n);
+        handed = 1;
+    }
+    else {
+        if (self->keeps > 0)
+            self->keeps--;
+        if ((data = PyBytes_FromStringAndSize(buf, (Py_ssize_t)n)) == NULL)
+            return -1;
+    }
     PyObject *tmp;
     PyObject *protocol = mark_data_batch(self, t, way) < 0 ? NULL
         : slot_get(t, L, way, T_PROTOCOL, &tmp);
-    if (protocol == NULL) {
-        Py_DECREF(data);
-        return -1;
+    PyObject *r = NULL;
+    if (protocol != NULL) {
+        if (tmp == NULL)
+            tmp = Py_NewRef(protocol);   /* data_received() may set_protocol() */
+        PyObject *margs[2] = {protocol, data};
+        r = PyObject_VectorcallMethod(str_data_received, margs,
+                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(tmp);
     }
-    if (tmp == NULL)
-        tmp = Py_NewRef(protocol);   /* data_received() may set_protocol() */
-    PyObject *margs[2] = {protocol, data};
-    PyObject *r = PyObject_VectorcallMethod(str_data_received, margs,
-                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    Py_DECREF(tmp);
-    Py_DECREF(data);
+    if (handed) {
+        if (Py_REFCNT(data) == 1 && hot_spare == NULL) {
+            own_bytes_set_len(data, UL_HOT_SIZE);   /* let go of: the spare again */
+            hot_spare = data;
+        }
+        else {
+            if (Py_REFCNT(data) > 1)
+                self->keeps = UL_HOT_KEEPS_PAUSE;
+            Py_DECREF(data);
+        }
+    }
+    else
+        Py_DECREF(data);
+    if (protocol == NULL)
+        return -1;
     if (r == NULL)
         return fatal_current(t, msg_data_received) < 0 ? -1 : 0;
     Py_DECREF(r);

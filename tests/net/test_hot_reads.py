@@ -160,6 +160,70 @@ async def test_eof_delivered_once_after_bulk_while_reading_on_readiness(buffered
     for _ in range(3):
         await asyncio.gather(*(one() for _ in range(8)))
 
+
+class Keeper(asyncio.Protocol):
+    """Keeps every ``keep_every``-th data object as given (no copy), with the
+    offset it came at; checks each one's hash against a fresh copy's."""
+
+    def __init__(self, keep_every: int) -> None:
+        self.keep_every = keep_every
+        self.kept: list[tuple[int, bytes]] = []
+        self.received = 0
+        self.sizes: list[int] = []
+        self.bad_hashes = 0
+        self.lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        if hash(data) != hash(bytes(bytearray(data))):   # a stale cached hash shows here
+            self.bad_hashes += 1
+        if len(self.sizes) % self.keep_every == 0:
+            self.kept.append((self.received, data))
+        self.sizes.append(len(data))
+        self.received += len(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.set_result(exc)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("keep_every", [1, 3, 1000000])
+async def test_data_objects_a_protocol_keeps_stay_intact(keep_every: int) -> None:
+    """Large hot reads hand the protocol the read buffer's own bytes object
+    and take it back as the next read's buffer only if the protocol let go of
+    it (speedups.c, hot_read): a kept object must never change, and no
+    object may carry a stale cached hash.  keep_every: 1 keeps all, 3 keeps
+    some (the buffer goes back and forth), 1000000 only the first."""
+    loop = asyncio.get_running_loop()
+    transport, proto, peer = await test_transport.transport_on(lambda: Keeper(keep_every))
+    data = pattern(24 * 1024 * 1024, seed=17)
+    with peer:
+        view = memoryview(data)
+        rng = random.Random(keep_every)
+        while view:
+            n = rng.choice([70_000, 100_000, 200_000, 300_000, 1_000_000])
+            await loop.sock_sendall(peer, view[:n])
+            view = view[n:]
+            await asyncio.sleep(0)
+        peer.shutdown(socket.SHUT_WR)
+        while proto.received < len(data):
+            await asyncio.sleep(0.01)
+        transport.close()
+        assert await proto.lost is None
+    assert proto.received == len(data)
+    assert proto.bad_hashes == 0
+    for offset, chunk in proto.kept:
+        assert chunk == data[offset:offset + len(chunk)], (offset, len(chunk))
+    assert max(proto.sizes) <= STOCK_MAX_READ
+    # reads large enough to be handed over did happen (on both loops)
+    assert sum(size >= 64 * 1024 for size in proto.sizes) >= 8, proto.sizes[:50]
+
+
 class Switcher(asyncio.Protocol):
     """Plain -> BufferedProtocol -> plain, each after ``step`` bytes."""
 
