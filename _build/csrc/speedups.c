@@ -598,8 +598,8 @@ struct StreamHook {
                                ReadableHook: hot reads smaller than this go back */
     int streak;             /* RecvHook: large completions in a row; ReadableHook: small
                                readiness events in a row (see "Hot reads" below) */
-    int keeps;              /* ReadableHook: hot reads left that copy out rather than hand
-                               the spare over (its protocol kept one; see hot_read) */
+    int keeps;              /* messages left that get bytes of their exact size rather
+                               than a spare (its protocol kept one: msg_bytes, hot_read) */
     vectorcallfunc vectorcall;
     hook_run_fn run;
 };   /* RecvHook and ReadableHook: one type, two handlers */
@@ -697,6 +697,81 @@ mark_data_batch(StreamHook *self, PyObject *t, const layout_way *way)
     return rc;
 }
 
+/* A bytes object only we hold, given a new visible length: the terminating
+ * NUL moves with it and its cached hash is forgotten. */
+static void
+own_bytes_set_len(PyObject *b, Py_ssize_t n)
+{
+    Py_SET_SIZE(b, n);
+    PyBytes_AS_STRING(b)[n] = '\0';
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    ((PyBytesObject *)b)->ob_shash = -1;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+}
+
+/* The bytes objects given to data_received().  A message of 1 KiB costs a
+ * malloc() and a free() of its bytes object (pymalloc hands anything over 512
+ * bytes to the C allocator, and glibc's per-thread cache stops at 1032 bytes:
+ * ~880 instructions per message, measured with callgrind, more than a quarter
+ * of the loop's own per-message work at 10 connections).  So the object a
+ * protocol let go of (refcount 1 once data_received() returned: an echo's
+ * write() sent it, a parser or StreamReader copied it) is kept as the spare and
+ * the next message of a size it holds (its capacity or up to half of it less)
+ * is copied into it.  A protocol that keeps its data gets the object it was
+ * given (at most twice its size allocated) and, for its next UL_KEEPS_PAUSE
+ * messages, objects of their exact size.  Below UL_SPARE_MIN bytes pymalloc's
+ * free lists are as cheap.  Only used with the GIL held; a handed-over object
+ * is written again only after it came back with no other reference. */
+#define UL_SPARE_MIN 480
+#define UL_KEEPS_PAUSE 64
+static PyObject *msg_spare;       /* refcount 1, or NULL */
+static Py_ssize_t msg_spare_cap;  /* the bytes its storage holds */
+
+/* A bytes object with the n bytes at src; *cap > 0: it may become the spare
+ * (pass it to msg_bytes_done()), its storage holds *cap bytes. */
+static PyObject *
+msg_bytes(StreamHook *self, const char *src, Py_ssize_t n, Py_ssize_t *cap)
+{
+    *cap = 0;
+    if (n < UL_SPARE_MIN)
+        return PyBytes_FromStringAndSize(src, n);
+    if (self->keeps > 0) {
+        self->keeps--;
+        return PyBytes_FromStringAndSize(src, n);
+    }
+    PyObject *b = msg_spare;
+    if (b != NULL && n <= msg_spare_cap && n >= msg_spare_cap / 2) {
+        msg_spare = NULL;           /* our reference goes with it */
+        *cap = msg_spare_cap;
+        memcpy(PyBytes_AS_STRING(b), src, (size_t)n);
+        own_bytes_set_len(b, n);
+        return b;
+    }
+    b = PyBytes_FromStringAndSize(src, n);
+    *cap = n;
+    return b;
+}
+
+/* data_received(b) returned: b is the spare if nobody else holds it. */
+static void
+msg_bytes_done(StreamHook *self, PyObject *b, Py_ssize_t cap)
+{
+    if (cap > 0) {
+        if (Py_REFCNT(b) == 1) {
+            Py_XSETREF(msg_spare, b);
+            msg_spare_cap = cap;
+            return;
+        }
+        self->keeps = UL_KEEPS_PAUSE;
+    }
+    Py_DECREF(b);
+}
+
 static PyObject *
 recvhook_run(RecvHook *self, long res, unsigned long flags, PyObject *const *args)
 {
@@ -717,8 +792,9 @@ recvhook_run(RecvHook *self, long res, unsigned long flags, PyObject *const *arg
     }
     /* Copied out, the buffer goes straight back to the kernel (which, under
      * DEFER_TASKRUN, fills it no sooner than the next enter). */
-    PyObject *data = PyBytes_FromStringAndSize(self->base + bid * (size_t)self->buf_size,
-                                               (Py_ssize_t)res);
+    Py_ssize_t cap;
+    PyObject *data = msg_bytes(self, self->base + bid * (size_t)self->buf_size,
+                               (Py_ssize_t)res, &cap);
     ul_bufring_recycle(self->bufring, (uint16_t)bid);
     if (data == NULL)
         return NULL;
@@ -726,7 +802,7 @@ recvhook_run(RecvHook *self, long res, unsigned long flags, PyObject *const *arg
     PyObject *protocol = mark_data_batch(self, t, way) < 0 ? NULL
         : slot_get(t, L, way, T_PROTOCOL, &tmp);
     if (protocol == NULL) {
-        Py_DECREF(data);
+        msg_bytes_done(self, data, cap);
         return NULL;
     }
     if (tmp == NULL)
@@ -735,7 +811,7 @@ recvhook_run(RecvHook *self, long res, unsigned long flags, PyObject *const *arg
     PyObject *ret = PyObject_VectorcallMethod(str_data_received, margs,
                                               2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     Py_DECREF(tmp);
-    Py_DECREF(data);
+    msg_bytes_done(self, data, cap);
     if (ret != NULL) {
         Py_DECREF(ret);
         if (self->hot_min <= 0)
@@ -915,32 +991,14 @@ readable_rest(PyObject *t, long res, PyObject *const *args, PyObject *buf)
  * stock's and uvloop's pattern).  If the protocol let go of it (an echo's
  * write() sent it, a StreamReader copied it into its buffer), it is the spare
  * again; if it kept it, the next read makes a new spare and this hook copies
- * out for its next UL_HOT_KEEPS_PAUSE reads, so a protocol that keeps its data
+ * out for its next UL_KEEPS_PAUSE reads, so a protocol that keeps its data
  * does not hold a 256 KiB allocation per 64 KiB message.  Smaller reads are
- * copied out into a bytes of their size, as before.  The spare is only written
+ * copied out (msg_bytes).  The spare is only written
  * between a recv() and the copy out or the handover, with the GIL held; a
  * handed-over object is never written again unless it came back with no other
  * reference. */
 #define UL_HOT_HANDOVER (64 * 1024)
-#define UL_HOT_KEEPS_PAUSE 64
 static PyObject *hot_spare;
-
-/* A bytes object only we hold, given a new visible length: the terminating
- * NUL moves with it and its cached hash is forgotten. */
-static void
-own_bytes_set_len(PyObject *b, Py_ssize_t n)
-{
-    Py_SET_SIZE(b, n);
-    PyBytes_AS_STRING(b)[n] = '\0';
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-#endif
-    ((PyBytesObject *)b)->ob_shash = -1;
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
-}
 
 /* One hot read for a plain Protocol (see "Hot reads"): recv() into the spare,
  * the bytes (the spare itself, or a copy) given to protocol.data_received().
@@ -977,6 +1035,7 @@ hot_read(ReadableHook *self, PyObject *t, const layout_way *way, int fd, ssize_t
     }
     PyObject *data;
     int handed = 0;
+    Py_ssize_t cap = 0;
     if (n >= UL_HOT_HANDOVER && self->keeps == 0) {
         data = hot_spare;          /* our reference goes with it */
         hot_spare = NULL;
@@ -984,12 +1043,8 @@ hot_read(ReadableHook *self, PyObject *t, const layout_way *way, int fd, ssize_t
             own_bytes_set_len(data, n);
         handed = 1;
     }
-    else {
-        if (self->keeps > 0)
-            self->keeps--;
-        if ((data = PyBytes_FromStringAndSize(buf, (Py_ssize_t)n)) == NULL)
-            return -1;
-    }
+    else if ((data = msg_bytes(self, buf, (Py_ssize_t)n, &cap)) == NULL)
+        return -1;
     PyObject *tmp;
     PyObject *protocol = mark_data_batch(self, t, way) < 0 ? NULL
         : slot_get(t, L, way, T_PROTOCOL, &tmp);
@@ -1009,12 +1064,12 @@ hot_read(ReadableHook *self, PyObject *t, const layout_way *way, int fd, ssize_t
         }
         else {
             if (Py_REFCNT(data) > 1)
-                self->keeps = UL_HOT_KEEPS_PAUSE;
+                self->keeps = UL_KEEPS_PAUSE;
             Py_DECREF(data);
         }
     }
     else
-        Py_DECREF(data);
+        msg_bytes_done(self, data, cap);
     if (protocol == NULL)
         return -1;
     if (r == NULL)

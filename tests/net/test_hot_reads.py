@@ -165,8 +165,10 @@ class Keeper(asyncio.Protocol):
     """Keeps every ``keep_every``-th data object as given (no copy), with the
     offset it came at; checks each one's hash against a fresh copy's."""
 
-    def __init__(self, keep_every: int) -> None:
+    def __init__(self, keep_every: int, echo: bool = False) -> None:
         self.keep_every = keep_every
+        self.echo = echo
+        self.transport: Any = None
         self.kept: list[tuple[int, bytes]] = []
         self.received = 0
         self.sizes: list[int] = []
@@ -174,7 +176,7 @@ class Keeper(asyncio.Protocol):
         self.lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
-        pass
+        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         if hash(data) != hash(bytes(bytearray(data))):   # a stale cached hash shows here
@@ -183,6 +185,8 @@ class Keeper(asyncio.Protocol):
             self.kept.append((self.received, data))
         self.sizes.append(len(data))
         self.received += len(data)
+        if self.echo:
+            self.transport.write(data)
 
     def eof_received(self) -> bool:
         return False
@@ -222,6 +226,37 @@ async def test_data_objects_a_protocol_keeps_stay_intact(keep_every: int) -> Non
     assert max(proto.sizes) <= STOCK_MAX_READ
     # reads large enough to be handed over did happen (on both loops)
     assert sum(size >= 64 * 1024 for size in proto.sizes) >= 8, proto.sizes[:50]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("keep_every", [1, 3, 1000000])
+async def test_small_messages_a_protocol_keeps_stay_intact(keep_every: int) -> None:
+    """The multishot receive's bytes objects: one the protocol let go of is
+    reused for a later message of a size it holds (speedups.c, msg_bytes); a
+    kept one must never change, and none may carry a stale cached hash.
+    Message by message (echoed back before the next), sizes on both sides of
+    the reuse rules: under 480 bytes, and within or beyond half and twice the
+    size of the one before."""
+    loop = asyncio.get_running_loop()
+    transport, proto, peer = await test_transport.transport_on(lambda: Keeper(keep_every, True))
+    rng = random.Random(keep_every)
+    sent = bytearray()
+    source = pattern(64 * 1024, seed=23)
+    peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with peer:
+        for i in range(600):
+            size = rng.choice([100, 479, 480, 1000, 1024, 1500, 2000, 4096, 8000, 30000])
+            start = rng.randrange(len(source) - size)
+            msg = source[start:start + size]
+            sent += msg
+            await loop.sock_sendall(peer, msg)
+            assert await read_all_sock(peer, size) == msg, (i, size)
+        transport.close()
+        assert await proto.lost is None
+    assert proto.received == len(sent)
+    assert proto.bad_hashes == 0
+    for offset, chunk in proto.kept:
+        assert chunk == sent[offset:offset + len(chunk)], (offset, len(chunk))
 
 
 class Switcher(asyncio.Protocol):
