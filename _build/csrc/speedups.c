@@ -993,10 +993,9 @@ readable_rest(PyObject *t, long res, PyObject *const *args, PyObject *buf)
  * again; if it kept it, the next read makes a new spare and this hook copies
  * out for its next UL_KEEPS_PAUSE reads, so a protocol that keeps its data
  * does not hold a 256 KiB allocation per 64 KiB message.  Smaller reads are
- * copied out (msg_bytes).  The spare is only written
- * between a recv() and the copy out or the handover, with the GIL held; a
- * handed-over object is never written again unless it came back with no other
- * reference. */
+ * copied out (msg_bytes).  The spare is only written between a recv() and the
+ * copy out or the handover, with the GIL held; a handed-over object is never
+ * written again unless it came back with no other reference. */
 #define UL_HOT_HANDOVER (64 * 1024)
 static PyObject *hot_spare;
 
