@@ -757,17 +757,26 @@ msg_bytes(StreamHook *self, const char *src, Py_ssize_t n, Py_ssize_t *cap)
     return b;
 }
 
-/* data_received(b) returned: b is the spare if nobody else holds it. */
+/* data_received(b) returned: 1 if nobody else holds b (it may be a spare
+ * again), else 0, and this hook's next UL_KEEPS_PAUSE messages get objects of
+ * their exact size (its protocol keeps what it is given). */
+static int
+came_back(StreamHook *self, PyObject *b)
+{
+    if (Py_REFCNT(b) == 1)
+        return 1;
+    self->keeps = UL_KEEPS_PAUSE;
+    return 0;
+}
+
+/* data_received(b) returned: b is the spare if it came back. */
 static void
 msg_bytes_done(StreamHook *self, PyObject *b, Py_ssize_t cap)
 {
-    if (cap > 0) {
-        if (Py_REFCNT(b) == 1) {
-            Py_XSETREF(msg_spare, b);
-            msg_spare_cap = cap;
-            return;
-        }
-        self->keeps = UL_KEEPS_PAUSE;
+    if (cap > 0 && came_back(self, b)) {
+        Py_XSETREF(msg_spare, b);
+        msg_spare_cap = cap;
+        return;
     }
     Py_DECREF(b);
 }
@@ -1056,19 +1065,14 @@ hot_read(ReadableHook *self, PyObject *t, const layout_way *way, int fd, ssize_t
                                       2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(tmp);
     }
-    if (handed) {
-        if (Py_REFCNT(data) == 1 && hot_spare == NULL) {
-            own_bytes_set_len(data, UL_HOT_SIZE);   /* let go of: the spare again */
-            hot_spare = data;
-        }
-        else {
-            if (Py_REFCNT(data) > 1)
-                self->keeps = UL_KEEPS_PAUSE;
-            Py_DECREF(data);
-        }
+    if (!handed)
+        msg_bytes_done(self, data, cap);
+    else if (came_back(self, data) && hot_spare == NULL) {
+        own_bytes_set_len(data, UL_HOT_SIZE);   /* the spare again */
+        hot_spare = data;
     }
     else
-        msg_bytes_done(self, data, cap);
+        Py_DECREF(data);
     if (protocol == NULL)
         return -1;
     if (r == NULL)

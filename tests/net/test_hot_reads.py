@@ -161,22 +161,22 @@ async def test_eof_delivered_once_after_bulk_while_reading_on_readiness(buffered
         await asyncio.gather(*(one() for _ in range(8)))
 
 
-class Keeper(asyncio.Protocol):
-    """Keeps every ``keep_every``-th data object as given (no copy), with the
-    offset it came at; checks each one's hash against a fresh copy's."""
+class Keeper(RecordingProtocol):
+    """Records as RecordingProtocol, and keeps every ``keep_every``-th data
+    object as given (no copy), with the offset it came at; checks each one's
+    hash against a fresh copy's."""
 
     def __init__(self, keep_every: int, echo: bool = False) -> None:
+        super().__init__()
         self.keep_every = keep_every
         self.echo = echo
-        self.transport: Any = None
         self.kept: list[tuple[int, bytes]] = []
-        self.received = 0
         self.sizes: list[int] = []
         self.bad_hashes = 0
-        self.lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    @property
+    def received(self) -> int:
+        return len(self.data)
 
     def data_received(self, data: bytes) -> None:
         if hash(data) != hash(bytes(bytearray(data))):   # a stale cached hash shows here
@@ -184,15 +184,17 @@ class Keeper(asyncio.Protocol):
         if len(self.sizes) % self.keep_every == 0:
             self.kept.append((self.received, data))
         self.sizes.append(len(data))
-        self.received += len(data)
+        super().data_received(data)
         if self.echo:
             self.transport.write(data)
 
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost.set_result(exc)
+    def check_kept(self, sent: bytes | bytearray) -> None:
+        """All of ``sent`` arrived, no hash was stale, every kept object is
+        still the bytes it was given."""
+        assert self.received == len(sent)
+        assert self.bad_hashes == 0
+        for offset, chunk in self.kept:
+            assert chunk == sent[offset:offset + len(chunk)], (offset, len(chunk))
 
 
 @pytest.mark.asyncio
@@ -219,10 +221,7 @@ async def test_data_objects_a_protocol_keeps_stay_intact(keep_every: int) -> Non
             await asyncio.sleep(0.01)
         transport.close()
         assert await proto.lost is None
-    assert proto.received == len(data)
-    assert proto.bad_hashes == 0
-    for offset, chunk in proto.kept:
-        assert chunk == data[offset:offset + len(chunk)], (offset, len(chunk))
+    proto.check_kept(data)
     assert max(proto.sizes) <= STOCK_MAX_READ
     # reads large enough to be handed over did happen (on both loops)
     assert sum(size >= 64 * 1024 for size in proto.sizes) >= 8, proto.sizes[:50]
@@ -253,10 +252,7 @@ async def test_small_messages_a_protocol_keeps_stay_intact(keep_every: int) -> N
             assert await read_all_sock(peer, size) == msg, (i, size)
         transport.close()
         assert await proto.lost is None
-    assert proto.received == len(sent)
-    assert proto.bad_hashes == 0
-    for offset, chunk in proto.kept:
-        assert chunk == sent[offset:offset + len(chunk)], (offset, len(chunk))
+    proto.check_kept(sent)
 
 
 class Switcher(asyncio.Protocol):
